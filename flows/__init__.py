@@ -1,0 +1,1 @@
+"""Orchestration: run configs, the stages, the Prefect flow and the command line."""

@@ -1,0 +1,181 @@
+"""The run config: a preset, optionally a YAML file over it, and ``--set`` overrides.
+
+Everything here is checked before any model weights load; errors are ``ConfigError`` with one
+line naming the bad value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from inversescope.core.config import (
+    ExtractConfig,
+    KernelConfig,
+    PriorConfig,
+    TargetConfig,
+)
+from inversescope.core.sites import ModelDims, check_sites
+from inversescope.tasks import preset_names, preset_path, task_module_name
+
+
+class ConfigError(ValueError):
+    """A user's bad input: the message is one line that names the value."""
+
+
+class RunConfig(BaseModel):
+    """Everything one pipeline run of one interpretability task needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = Field(None, description="Preset this run started from.")
+    task: str = Field(description="Interpretability task: ioi.")
+    seed: int = Field(0, description="Seed of the prior and of every training stage.")
+    device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1, ...")
+    prior: PriorConfig = Field(default_factory=PriorConfig, description="Stage prior.")
+    target: TargetConfig = Field(default_factory=TargetConfig, description="Stage target.")
+    extract: ExtractConfig = Field(description="Stage extract.")
+    kernel: KernelConfig = Field(default_factory=KernelConfig, description="Neighbourhoods.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        task_module_name(v)  # raises ValueError naming the task and the accepted ones
+        return v
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of config sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def _apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected section.field=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment!r}: value is not valid YAML") from e
+    nested: Any = value
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return _deep_merge(data, nested)
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def load_run_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A preset name, or a YAML file that may name a ``preset`` and override any field."""
+    if spec in preset_names():
+        data = _read_yaml(preset_path(spec))
+        data["preset"] = spec
+    elif spec.endswith((".yaml", ".yml")) or "/" in spec:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"config file {spec!r} does not exist")
+        data = _read_yaml(path)
+        base = data.get("preset")
+        if base is not None:
+            try:
+                base_data = _read_yaml(preset_path(str(base)))
+            except ValueError as e:
+                raise ConfigError(f"{spec}: {e}") from e
+            data = _deep_merge(base_data, data)
+    else:
+        raise ConfigError(
+            f"unknown preset {spec!r}; accepted: {', '.join(preset_names())} or a YAML file path"
+        )
+    for assignment in overrides:
+        data = _apply_set(data, assignment)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e)) from e
+
+
+def target_dims(run: RunConfig) -> ModelDims:
+    """The target's shape from its config alone (no weights): sizes, a local or hub config."""
+    from inversescope.core.models import dims_of  # transformers import, deferred
+
+    target = run.target
+    if target.source == "train":
+        a = target.arch
+        return ModelDims("gpt2", a.n_layer, a.n_head, a.d_model)
+    from transformers import AutoConfig
+
+    if target.source == "local":
+        assert target.path is not None
+        if not (target.path / "config.json").is_file():
+            raise ConfigError(f"target.path {str(target.path)!r} has no config.json (missing file)")
+        hf_config = AutoConfig.from_pretrained(target.path)
+    else:
+        try:
+            hf_config = AutoConfig.from_pretrained(target.name, revision=target.revision)
+        except OSError as e:
+            raise ConfigError(
+                f"target.name {target.name!r} (revision {target.revision!r}) cannot be resolved: "
+                f"{str(e).splitlines()[0]}"
+            ) from e
+    try:
+        return dims_of(hf_config)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def check_run(run: RunConfig) -> None:
+    """Checks that need the target's shape but no weights: every site exists in the target."""
+    dims = target_dims(run)
+    try:
+        check_sites(run.extract.sites, dims)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if run.target.source == "train" and run.prior.n_train < 2 * run.target.train.batch_size:
+        raise ConfigError(
+            f"prior.n_train={run.prior.n_train} is too small to train the target; "
+            f"at least 2 * target.train.batch_size = {2 * run.target.train.batch_size}"
+        )
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a file or of every file under a directory (a Path's string is not enough
+    to key a cache: the files behind it can change)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,98 @@
+"""Stage ``extract``: every configured site at the last prompt token, into a Zarr store.
+
+Works one row-chunk at a time (peak memory is one chunk, whatever the number of prompts) and
+commits chunk by chunk, so a killed run resumes from its last committed chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inversescope.flows.config import RunConfig
+from inversescope.flows.stage_prior import SPLITS, read_split
+from inversescope.flows.stage_target import load_target
+from inversescope.storage.activations import STORE, ActivationWriter
+from inversescope.storage.artifacts import Artifact
+
+log = logging.getLogger(__name__)
+
+NAME = "extract"
+INPUTS: tuple[str, ...] = ("prior", "target")
+RESUMABLE = True
+
+
+def config_of(run: RunConfig) -> dict[str, Any]:
+    return run.extract.model_dump(mode="json")
+
+
+def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
+    return (), ()
+
+
+def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+    from inversescope.core.models import pick_device
+
+    model, tokenizer = load_target(inputs["target"], pick_device(run.device))
+    texts = {split: read_split(inputs["prior"], split)["text"].to_list() for split in SPLITS}
+    return extract_to_store(model, tokenizer, texts, run.extract, out, inputs["target"].key)
+
+
+def extract_to_store(
+    model, tokenizer, texts: dict[str, list[str]], cfg, out: Path, model_ref: str, on_chunk=None
+) -> dict[str, Any]:
+    """Read ``cfg.sites`` for every text of every split into ``out/activations.zarr``.
+
+    ``on_chunk(split, stop)`` is called after each committed chunk.
+    """
+    from inversescope.core.extract import SiteReader
+    from inversescope.core.progress import Progress
+
+    reader = SiteReader(model, tokenizer, cfg.sites)
+    d = reader.dims.d_model
+    attrs = {
+        "position": cfg.position,
+        "model": getattr(model.config, "_name_or_path", "") or model_ref,
+        "target_key": model_ref,
+        "architecture": reader.dims.architecture,
+        "sites": cfg.sites,
+    }
+    writer = ActivationWriter(
+        out,
+        {s: len(t) for s, t in texts.items()},
+        {s: d for s in cfg.sites},
+        cfg.chunk_rows,
+        cfg.dtype,
+        attrs,
+    )
+    total = sum(len(t) for t in texts.values())
+    done = sum(writer.committed.values())
+    if done:
+        log.info("extract: resuming with %d of %d rows already committed", done, total)
+    progress = Progress("extract", total, "rows", start=done)
+    for split, split_texts in texts.items():
+        for start, stop in writer.chunks_todo(split):
+            block: dict[str, list[np.ndarray]] = {s: [] for s in cfg.sites}
+            for b in range(start, stop, cfg.batch_size):
+                acts = reader.read(split_texts[b : min(b + cfg.batch_size, stop)])
+                for site, value in acts.items():
+                    block[site].append(value.numpy())
+                progress.update(min(b + cfg.batch_size, stop) - b)
+            writer.write_chunk(split, start, {s: np.concatenate(v) for s, v in block.items()})
+            if on_chunk is not None:
+                on_chunk(split, stop)
+    assert writer.complete()
+    store_bytes = sum(f.stat().st_size for f in (out / STORE).rglob("*") if f.is_file())
+    raw_bytes = total * len(cfg.sites) * d * np.dtype(cfg.dtype).itemsize
+    return {
+        "rows": {s: len(t) for s, t in texts.items()},
+        "sites": cfg.sites,
+        "d_model": d,
+        "store_bytes": store_bytes,
+        "raw_bytes": raw_bytes,
+        "compression_ratio": raw_bytes / store_bytes if store_bytes else None,
+        "rows_per_second": progress.rate,
+    }

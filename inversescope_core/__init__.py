@@ -1,0 +1,1 @@
+"""The method: configs, sites, extraction, models and training. No orchestration or storage."""

@@ -1,0 +1,129 @@
+"""One pydantic model per stage. Building a config does no I/O; bad values raise ``ValueError``
+(pydantic wraps it in ``ValidationError``, itself a ``ValueError``) naming the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from inversescope.core.sites import parse_site
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown fields are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriorConfig(StageConfig):
+    """The task's prompt prior: how many prompts of each split."""
+
+    n_train: int = Field(10_000, gt=0, description="Number of training prompts.")
+    n_test: int = Field(500, gt=0, description="Number of held-out test prompts.")
+
+
+class TinyModelConfig(StageConfig):
+    """Sizes of a small GPT-2-architecture model built from `GPT2Config`."""
+
+    n_layer: int = Field(4, gt=0, description="Transformer blocks.")
+    n_head: int = Field(4, gt=0, description="Attention heads per block.")
+    d_model: int = Field(128, gt=0, description="Residual stream width.")
+    n_positions: int = Field(64, gt=0, description="Longest sequence in tokens.")
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size of the local tokenizer.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "
+                "choose sizes with d_model % n_head == 0"
+            )
+        return self
+
+
+class TrainConfig(StageConfig):
+    """An optimisation schedule (AdamW with linear warm-up, then constant)."""
+
+    steps: int = Field(1500, gt=0, description="Optimiser steps at most.")
+    batch_size: int = Field(64, gt=0, description="Sequences per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    warmup: int = Field(100, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    eval_every: int = Field(250, gt=0, description="Steps between evaluations.")
+
+
+class TargetConfig(StageConfig):
+    """The model whose activations are interpreted."""
+
+    source: Literal["train", "hub", "local"] = Field(
+        "train",
+        description="train: a small model trained here on the prior; hub: a model name; "
+        "local: a directory saved with save_pretrained.",
+    )
+    name: str | None = Field(None, description="Hub model name (source=hub), e.g. gpt2.")
+    revision: str = Field("main", description="Hub revision (source=hub).")
+    path: Path | None = Field(None, description="Model directory (source=local).")
+    arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Schedule (train).")
+    stop_accuracy: float = Field(
+        0.99, gt=0, le=1, description="Stop training early once validation accuracy reaches it."
+    )
+    min_accuracy: float = Field(
+        0.9, ge=0, le=1, description="Fail the stage if test accuracy ends below this."
+    )
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> TargetConfig:
+        if self.source == "hub" and not self.name:
+            raise ValueError("target.source=hub needs target.name (a model name such as gpt2)")
+        if self.source == "local" and self.path is None:
+            raise ValueError("target.source=local needs target.path (a save_pretrained directory)")
+        return self
+
+
+class ExtractConfig(StageConfig):
+    """Which sites to read, where, and how to store them."""
+
+    sites: list[str] = Field(description="Site names: L{l}H{h} (head output) or L{l}.attn.")
+    position: Literal["last"] = Field("last", description="Token position read: last prompt token.")
+    batch_size: int = Field(64, gt=0, description="Prompts per forward pass.")
+    chunk_rows: int = Field(2048, gt=0, description="Rows per Zarr chunk (the unit of resume).")
+    dtype: Literal["float32", "float16"] = Field("float32", description="Stored dtype.")
+
+    @field_validator("sites")
+    @classmethod
+    def _canonical_sites(cls, sites: list[str]) -> list[str]:
+        if not sites:
+            raise ValueError("extract.sites is empty; name at least one site such as L0H0")
+        names = [parse_site(s).name for s in sites]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"extract.sites names {dup} more than once")
+        return names
+
+
+class KernelConfig(StageConfig):
+    """The neighbourhood of a reference activation: distance, kernel and radius."""
+
+    distance: Literal["cosine"] = Field("cosine", description="Distance between activations.")
+    kernel: Literal["gaussian", "hard"] = Field(
+        "gaussian", description="gaussian: exp(-d^2 / 2 eps^2); hard: 1{d < eps}."
+    )
+    epsilon: float = Field(0.1, description="Kernel radius ε (> 0).")
+    delta: float = Field(0.1, description="Allowed relative norm change δ, in (0, 1).")
+
+    @field_validator("epsilon")
+    @classmethod
+    def _positive_epsilon(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError(f"epsilon={v} must be > 0")
+        return v
+
+    @field_validator("delta")
+    @classmethod
+    def _delta_in_unit_interval(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError(f"delta={v} must lie in (0, 1)")
+        return v

@@ -1,0 +1,122 @@
+"""Training a causal LM on text, and measuring how well it completes a task's answer.
+
+The trainer takes an iterator of batches and an evaluator; it never sees a path or a hub name.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from inversescope.core.config import TrainConfig
+from inversescope.core.extract import last_positions
+from inversescope.core.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def text_batches(
+    texts: list[str], tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled batches of ``<eos> text <eos>``; padding is masked out of the labels."""
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(len(texts)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        idx, order = order[:batch_size], order[batch_size:]
+        tokenizer.padding_side = "right"
+        enc = tokenizer([eos + texts[i] + eos for i in idx], return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        yield {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": labels,
+        }
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+def train_causal_lm(
+    model: PreTrainedModel,
+    batches: Iterator[dict[str, torch.Tensor]],
+    schedule: TrainConfig,
+    evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
+    should_stop: Callable[[dict[str, float]], bool] | None = None,
+    stage: str = "train",
+) -> TrainResult:
+    """AdamW with linear warm-up on next-token cross-entropy; evaluates every ``eval_every``
+    steps and stops early once ``should_stop(metrics)`` holds."""
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    warm = max(schedule.warmup, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    progress = Progress(stage, schedule.steps, "steps")
+    result = TrainResult(steps=0)
+    model.train()
+    for step in range(1, schedule.steps + 1):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        result.steps = step
+        value = float(loss.detach())
+        result.losses.append((step, value))
+        progress.update(1, f"loss {value:.3f}")
+        if evaluate is not None and (step % schedule.eval_every == 0 or step == schedule.steps):
+            model.eval()
+            metrics = evaluate(model)
+            model.train()
+            result.evals.append((step, metrics))
+            log.info(
+                "%s: step %d %s", stage, step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            )
+            if should_stop is not None and should_stop(metrics):
+                log.info("%s: stopping early at step %d", stage, step)
+                break
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def answer_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    answers: list[str],
+    distractors: list[str],
+    batch_size: int = 256,
+) -> float:
+    """Share of prompts whose next-token logit at the last prompt token is higher for the first
+    token of the answer than for the first token of the distractor (IOI: IO above S)."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "right"
+    correct = 0
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        rows = torch.arange(logits.shape[0], device=device)
+        last = logits[rows, last_positions(enc["attention_mask"])]  # (B, V)
+        a = torch.tensor(
+            [tokenizer(x)["input_ids"][0] for x in answers[i : i + batch_size]], device=device
+        )
+        d = torch.tensor(
+            [tokenizer(x)["input_ids"][0] for x in distractors[i : i + batch_size]], device=device
+        )
+        correct += int((last[rows, a] > last[rows, d]).sum())
+    return correct / len(prompts)

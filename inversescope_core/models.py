@@ -1,0 +1,75 @@
+"""Building, loading and describing the language models the pipeline works with."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from inversescope.core.config import TinyModelConfig
+from inversescope.core.sites import ModelDims
+
+log = logging.getLogger(__name__)
+
+
+def dims_of(config: PretrainedConfig) -> ModelDims:
+    """Depth, heads and width of a transformers config, for the architectures we support."""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "gpt2":
+        return ModelDims("gpt2", config.n_layer, config.n_head, config.n_embd)
+    raise ValueError(f"architecture {model_type!r} is not supported; accepted: gpt2")
+
+
+def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadModel:
+    """A small randomly initialised GPT-2 (no dropout) of the given sizes."""
+    config = GPT2Config(
+        n_layer=arch.n_layer,
+        n_head=arch.n_head,
+        n_embd=arch.d_model,
+        n_positions=arch.n_positions,
+        vocab_size=vocab_size,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def load_model(
+    name_or_path: str | Path, revision: str | None = None, device: str = "cpu"
+) -> PreTrainedModel:
+    """Load a causal LM in eval mode from a directory or a hub name."""
+    kwargs = {} if revision is None else {"revision": revision}
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    return model.to(device).eval()
+
+
+def load_tokenizer(
+    name_or_path: str | Path, revision: str | None = None
+) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; give it a padding token (its end-of-text token) if it has none."""
+    kwargs = {} if revision is None else {"revision": revision}
+    tok = AutoTokenizer.from_pretrained(str(name_or_path), **kwargs)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_device(requested: str = "auto") -> str:
+    """``auto`` takes CUDA when present; anything else is used as given."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested

@@ -1,0 +1,1 @@
+"""Artifacts on disk: cache keys, atomic directories, locks, Zarr activation stores, Parquet."""

@@ -1,0 +1,88 @@
+"""Cache keys: a hash of a stage's config, the keys of the artifacts it reads, and the source
+of the code it runs.
+
+Prefect's ``TASK_SOURCE`` hashes only a task function's own source, so we hash the stage's
+module and, transitively, every project module it imports (found with ``ast``, no import
+side effects), plus any extra files named (a user's feature functions).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE = "inversescope"
+KEY_CHARS = 16
+
+
+def _module_file(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Project modules imported by the source at ``path`` (absolute or relative imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    package = module if is_pkg else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = importlib.util.resolve_name("." * node.level + base, package)
+            found.add(base)
+            # `from pkg import submodule` imports a module too.
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+@cache
+def module_closure(*modules: str) -> tuple[tuple[str, Path], ...]:
+    """The project modules reachable by imports from ``modules``, with their files, sorted."""
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:
+            continue
+        seen[name] = path
+        todo.extend(_imports(path, name) - seen.keys())
+    return tuple(sorted(seen.items()))
+
+
+def code_hash(modules: tuple[str, ...], extra_files: tuple[Path, ...] = ()) -> str:
+    """Hash of the source of ``modules``, everything they import from the project, and files."""
+    h = hashlib.sha256()
+    for name, path in module_closure(*modules):
+        h.update(name.encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    for path in sorted(extra_files):
+        h.update(str(path).encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str:
+    """The cache key of one stage run: short hex of (stage, config, input keys, code hash)."""
+    payload = canonical_json({"stage": stage, "config": config, "inputs": inputs, "code": code})
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_CHARS]

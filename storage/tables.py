@@ -1,0 +1,19 @@
+"""Parquet tables written atomically (a Parquet write is not: pola-rs/polars #17358)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+
+def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
+    """Write to a hidden temporary file beside ``path``, then ``os.replace`` it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    df.write_parquet(tmp, compression="zstd", statistics=True)
+    os.replace(tmp, path)
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    return pl.read_parquet(path)

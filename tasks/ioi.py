@@ -1,0 +1,227 @@
+"""Indirect object identification (IOI), after Wang et al. 2022, "Interpretability in the wild".
+
+A prompt names two people in a first clause and repeats one of them (the *subject*) in a second
+clause that ends right before the *indirect object*, the name that occurs once:
+
+    "When Mary and John went to the store, John gave a drink to"   -> answer " Mary"
+
+Every template has the slots ``{N1}``/``{N2}`` (first clause), ``{S}`` (the repeated name),
+``{PLACE}`` and ``{OBJECT}``. With A the indirect object and B the subject, the *BABA* form fills
+``N1=B, N2=A`` and its *ABBA* mirror ``N1=A, N2=B``; in both ``S=B``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Hashable
+
+NAME = "ioi"
+
+TEMPLATES: tuple[str, ...] = (
+    "When {N1} and {N2} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "When {N1} and {N2} got a {OBJECT} at the {PLACE}, {S} decided to give it to",
+    "Then, {N1} and {N2} went to the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {N1} and {N2} had a lot of fun at the {PLACE}. {S} gave a {OBJECT} to",
+    "Then, {N1} and {N2} were working at the {PLACE}. {S} decided to give a {OBJECT} to",
+    "Then, {N1} and {N2} were thinking about going to the {PLACE}. "
+    "{S} wanted to give a {OBJECT} to",
+    "After {N1} and {N2} went to the {PLACE}, {S} gave a {OBJECT} to",
+    "While {N1} and {N2} were working at the {PLACE}, {S} gave a {OBJECT} to",
+    "While {N1} and {N2} were commuting to the {PLACE}, {S} gave a {OBJECT} to",
+    "Friends {N1} and {N2} found a {OBJECT} at the {PLACE}. {S} gave it to",
+    "The {PLACE} {N1} and {N2} went to had a {OBJECT}. {S} gave it to",
+    "When {N1} and {N2} arrived at the {PLACE}, {S} passed a {OBJECT} to",
+    "Afterwards, {N1} and {N2} went to the {PLACE}. {S} handed a {OBJECT} to",
+    "Once {N1} and {N2} reached the {PLACE}, {S} brought a {OBJECT} to",
+    "Later, {N1} and {N2} met at the {PLACE}, and {S} offered a {OBJECT} to",
+    "Yesterday {N1} and {N2} cleaned the {PLACE}. {S} threw a {OBJECT} to",
+)
+
+NAMES: tuple[str, ...] = (
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "Tom",
+    "James",
+    "Sarah",
+    "Michael",
+    "David",
+    "Emma",
+    "Laura",
+    "Daniel",
+    "Anna",
+    "Paul",
+    "Kate",
+    "Mark",
+    "Lisa",
+    "Peter",
+    "Rachel",
+    "Steven",
+    "Jessica",
+    "Brian",
+    "Emily",
+    "Kevin",
+    "Amy",
+    "Jason",
+    "Linda",
+    "Eric",
+    "Karen",
+    "Ryan",
+    "Helen",
+    "Adam",
+    "Grace",
+    "Justin",
+    "Nancy",
+    "Scott",
+    "Julia",
+    "Frank",
+    "Diana",
+    "George",
+    "Sophie",
+    "Henry",
+    "Claire",
+    "Jack",
+    "Lucy",
+    "Oliver",
+    "Rose",
+    "Sam",
+    "Victoria",
+    "Max",
+    "Ben",
+    "Carl",
+    "Megan",
+    "Nick",
+    "Olivia",
+    "Tim",
+)
+
+PLACES: tuple[str, ...] = (
+    "store",
+    "garden",
+    "restaurant",
+    "school",
+    "hospital",
+    "office",
+    "house",
+    "station",
+)
+
+OBJECTS: tuple[str, ...] = (
+    "drink",
+    "ring",
+    "basket",
+    "necklace",
+    "snack",
+    "bone",
+    "computer",
+    "bag",
+)
+
+_NAME_SET = frozenset(NAMES)
+_SLOT = re.compile(r"\{(N1|N2|S|PLACE|OBJECT)\}")
+_SLOT_PATTERN = {
+    "N1": r"(?P<n1>[A-Z][a-z]+)",
+    "N2": r"(?P<n2>[A-Z][a-z]+)",
+    "S": r"(?P<s>[A-Z][a-z]+)",
+    "PLACE": r"(?P<place>[a-z]+)",
+    "OBJECT": r"(?P<object>[a-z]+)",
+}
+
+
+def _template_regex(template: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    pos = 0
+    for m in _SLOT.finditer(template):
+        parts.append(re.escape(template[pos : m.start()]))
+        parts.append(_SLOT_PATTERN[m.group(1)])
+        pos = m.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("".join(parts))
+
+
+_TEMPLATE_REGEXES = tuple(_template_regex(t) for t in TEMPLATES)
+
+
+def make_prompt(rng: random.Random) -> dict[str, object]:
+    """One IOI prompt with its metadata (template, order, names, place, object, answer)."""
+    template_id = rng.randrange(len(TEMPLATES))
+    order = rng.choice(("ABBA", "BABA"))
+    io, subject = rng.sample(NAMES, 2)
+    place = rng.choice(PLACES)
+    obj = rng.choice(OBJECTS)
+    n1, n2 = (io, subject) if order == "ABBA" else (subject, io)
+    text = TEMPLATES[template_id].format(N1=n1, N2=n2, S=subject, PLACE=place, OBJECT=obj)
+    return {
+        "text": text,
+        "template_id": template_id,
+        "order": order,
+        "io": io,
+        "subject": subject,
+        "place": place,
+        "object": obj,
+        "answer": " " + io,
+        "distractor": " " + subject,
+    }
+
+
+def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and test prompts (no text in both), deterministic in ``seed``.
+
+    Returns two lists of row dicts; ``id`` is the row number within its split.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    capacity = len(TEMPLATES) * 2 * len(NAMES) * (len(NAMES) - 1) * len(PLACES) * len(OBJECTS)
+    if n_train + n_test > capacity // 4:
+        raise ValueError(
+            f"ioi prior: n_train + n_test = {n_train + n_test} is too many distinct prompts; "
+            f"at most {capacity // 4} are accepted"
+        )
+    while len(rows) < n_train + n_test:
+        row = make_prompt(rng)
+        if row["text"] in seen:
+            continue
+        seen.add(row["text"])
+        rows.append(row)
+    test, train = rows[:n_test], rows[n_test:]
+    for split in (train, test):
+        for i, row in enumerate(split):
+            row["id"] = i
+    return train, test
+
+
+def parse(text: str) -> dict[str, str] | None:
+    """The names of a well-formed IOI prompt, or ``None``.
+
+    Well-formed: the whole text (surrounding whitespace aside) is one of the templates, with
+    two distinct known names in the first clause and one of them repeated as the subject.
+    Place and object may be any lower-case word.
+    """
+    stripped = text.strip()
+    for regex in _TEMPLATE_REGEXES:
+        m = regex.fullmatch(stripped)
+        if m is None:
+            continue
+        n1, n2, s = m.group("n1"), m.group("n2"), m.group("s")
+        if n1 == n2 or not {n1, n2, s} <= _NAME_SET or s not in (n1, n2):
+            return None
+        return {"subject": s, "object": n2 if s == n1 else n1}
+    return None
+
+
+def subject(text: str) -> str | None:
+    """The name that occurs twice (the subject), or ``None`` if ``text`` is not an IOI prompt."""
+    parsed = parse(text)
+    return None if parsed is None else parsed["subject"]
+
+
+def object(text: str) -> str | None:  # noqa: A001 - the paper's feature name
+    """The name that occurs once (the indirect object), or ``None`` if not an IOI prompt."""
+    parsed = parse(text)
+    return None if parsed is None else parsed["object"]
+
+
+FEATURES: dict[str, Callable[[str], Hashable | None]] = {"subject": subject, "object": object}

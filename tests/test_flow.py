@@ -1,0 +1,63 @@
+"""The Prefect flow on a small config, under one session-scoped test harness."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inversescope.flows.config import load_run_config
+from inversescope.flows.pipeline import flow_for
+from inversescope.storage.activations import ActivationStore
+
+SMALL = [
+    "prior.n_train=300",
+    "prior.n_test=40",
+    "target.arch={n_layer: 2, n_head: 2, d_model: 32, n_positions: 64, vocab_size: 400}",
+    "target.train={steps: 20, batch_size: 16, eval_every: 10}",
+    "target.min_accuracy=0",
+    "extract.sites=[L0H1, L1H0, L1.attn]",
+    "extract.chunk_rows=128",
+]
+
+
+@pytest.fixture()
+def small_run():
+    return load_run_config("ioi-tiny", SMALL)
+
+
+def test_flow_runs_then_everything_is_cached(prefect_harness, small_run, tmp_path):
+    first = flow_for("ioi")(small_run, str(tmp_path))["stages"]
+    assert list(first) == ["prior", "target", "extract"]
+    assert {r["status"] for r in first.values()} == {"ran"}
+    second = flow_for("ioi")(small_run, str(tmp_path))["stages"]
+    assert {n: r["status"] for n, r in second.items()} == dict.fromkeys(first, "cached")
+    assert {n: r["key"] for n, r in second.items()} == {n: r["key"] for n, r in first.items()}
+
+    for name, r in first.items():
+        path = Path(r["path"])
+        assert path.name == r["key"] and path.parent.name == name
+        manifest = json.loads((path / "manifest.json").read_text())
+        assert manifest["key"] == r["key"] and manifest["run"]["preset"] == "ioi-tiny"
+    target = Path(first["target"]["path"])
+    assert (target / "model" / "config.json").exists()
+    assert (target / "tokenizer" / "tokenizer.json").exists()
+    store = ActivationStore(Path(first["extract"]["path"]))
+    assert store.read("train", "L1H0").shape == (300, 32)
+    assert store.read("test", "L1.attn").shape == (40, 32)
+
+
+def test_changing_extract_reuses_upstream(prefect_harness, small_run, tmp_path):
+    first = flow_for("ioi")(small_run, str(tmp_path), "extract")["stages"]
+    changed = small_run.model_copy(
+        update={"extract": small_run.extract.model_copy(update={"sites": ["L0H0"]})}
+    )
+    second = flow_for("ioi")(changed, str(tmp_path), "extract")["stages"]
+    assert second["prior"]["status"] == "cached" and second["target"]["status"] == "cached"
+    assert second["extract"]["status"] == "ran"
+    assert second["extract"]["key"] != first["extract"]["key"]
+
+
+def test_until_stops_early(prefect_harness, small_run, tmp_path):
+    out = flow_for("ioi")(small_run, str(tmp_path), "prior")["stages"]
+    assert list(out) == ["prior"]
+    assert not (tmp_path / "target").exists()
