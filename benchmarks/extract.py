@@ -1,0 +1,103 @@
+"""Extraction throughput against a bare forward pass over the same batches, in one run.
+
+    python benchmarks/extract.py [--preset ioi-tiny] [--workdir runs] [--repeats 3]
+
+Builds (or reuses) the preset's prior and target artifacts, then times over the same
+batches of train prompts: (a) a bare forward pass of the full model, (b) site reading with
+nnsight (stopping after the deepest site), (c) the whole extract stage body into a temporary
+Zarr store. Writes benchmarks/out/extract.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from inversescope.core.extract import SiteReader
+from inversescope.core.models import pick_device
+from inversescope.flows.config import load_run_config
+from inversescope.flows.stage import run_stage
+from inversescope.flows.stage_extract import extract_to_store
+from inversescope.flows.stage_prior import read_split
+from inversescope.flows.stage_target import load_target
+from inversescope.storage.artifacts import ArtifactStore
+
+
+def _time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="ioi-tiny")
+    ap.add_argument("--workdir", default="runs")
+    ap.add_argument("--rows", type=int, default=4096, help="train prompts timed")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "extract.json"))
+    args = ap.parse_args()
+
+    run = load_run_config(args.preset)
+    store = ArtifactStore(args.workdir)
+    prior = store.require("prior", run_stage("prior", run, args.workdir).key)
+    target = store.require("target", run_stage("target", run, args.workdir).key)
+    device = pick_device(run.device)
+    model, tokenizer = load_target(target, device)
+    texts = read_split(prior, "train")["text"].to_list()[: args.rows]
+    bs = run.extract.batch_size
+    batches = [texts[i : i + bs] for i in range(0, len(texts), bs)]
+    reader = SiteReader(model, tokenizer, run.extract.sites)
+    encoded = [reader.encode(b) for b in batches]
+
+    @torch.no_grad()
+    def bare():
+        for enc in encoded:
+            model(**enc)
+
+    def read_sites():
+        for b in batches:
+            reader.read(b)
+
+    def whole_stage():
+        with tempfile.TemporaryDirectory() as tmp:
+            extract_to_store(model, tokenizer, {"train": texts}, run.extract, Path(tmp), "bench")
+
+    bare(), read_sites()  # warm-up
+    t_bare = _time(bare, args.repeats)
+    t_read = _time(read_sites, args.repeats)
+    t_stage = _time(whole_stage, args.repeats)
+    n = len(texts)
+    result = {
+        "preset": args.preset,
+        "device": device,
+        "machine": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "rows": n,
+        "batch_size": bs,
+        "sites": len(run.extract.sites),
+        "bare_forward_rows_per_s": n / t_bare,
+        "site_read_rows_per_s": n / t_read,
+        "extract_stage_rows_per_s": n / t_stage,
+        "site_read_over_bare": t_bare / t_read,
+        "extract_stage_over_bare": t_bare / t_stage,
+        "note": "ratios are throughput relative to the bare forward pass (>1 is faster); the bare "
+        "pass runs all layers, extraction tokenizes inside and stops after the deepest site",
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
