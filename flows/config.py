@@ -7,7 +7,6 @@ line naming the bad value and what is accepted.
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inversescope.core.config import (
+    BackboneConfig,
+    ControlsConfig,
     ExtractConfig,
     KernelConfig,
     PriorConfig,
+    SampleConfig,
     TargetConfig,
 )
 from inversescope.core.sites import ModelDims, check_sites
@@ -41,6 +43,14 @@ class RunConfig(BaseModel):
     target: TargetConfig = Field(default_factory=TargetConfig, description="Stage target.")
     extract: ExtractConfig = Field(description="Stage extract.")
     kernel: KernelConfig = Field(default_factory=KernelConfig, description="Neighbourhoods.")
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig, description="Stage backbone.")
+    controls: ControlsConfig = Field(default_factory=ControlsConfig, description="Stage controls.")
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="Stage sample.")
+
+    @property
+    def sample_sites(self) -> list[str]:
+        """Sites sampled: ``sample.sites`` or every extracted site."""
+        return self.sample.sites if self.sample.sites is not None else list(self.extract.sites)
 
     @field_validator("task")
     @classmethod
@@ -161,21 +171,20 @@ def check_run(run: RunConfig) -> None:
         check_sites(run.extract.sites, dims)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    missing = sorted(set(run.sample_sites) - set(run.extract.sites))
+    if missing:
+        raise ConfigError(
+            f"sample.sites {missing} are not extracted; accepted: {', '.join(run.extract.sites)}"
+        )
+    if run.sample.n_examples > run.prior.n_test:
+        raise ConfigError(
+            f"sample.n_examples={run.sample.n_examples} exceeds prior.n_test={run.prior.n_test}"
+        )
+    for path, what in ((run.backbone.path, "backbone.path"),):
+        if path is not None and not (path / "config.json").is_file():
+            raise ConfigError(f"{what} {str(path)!r} has no config.json (missing file)")
     if run.target.source == "train" and run.prior.n_train < 2 * run.target.train.batch_size:
         raise ConfigError(
             f"prior.n_train={run.prior.n_train} is too small to train the target; "
             f"at least 2 * target.train.batch_size = {2 * run.target.train.batch_size}"
         )
-
-
-def file_fingerprint(path: Path) -> str:
-    """Content hash of a file or of every file under a directory (a Path's string is not enough
-    to key a cache: the files behind it can change)."""
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()

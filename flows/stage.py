@@ -16,19 +16,17 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inversescope.flows.config import RunConfig
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
 
+if TYPE_CHECKING:
+    from inversescope.flows.config import RunConfig
+
 log = logging.getLogger(__name__)
 
-STAGE_ORDER: tuple[str, ...] = ("prior", "target", "extract")
-
-
-class StageError(RuntimeError):
-    """A stage could not produce a trustworthy artifact (say why, and what to change)."""
+STAGE_ORDER: tuple[str, ...] = ("prior", "target", "extract", "backbone", "controls", "sample")
 
 
 @cache

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inversescope.flows.config import RunConfig
 from inversescope.flows.stage_prior import SPLITS, read_split
 from inversescope.flows.stage_target import load_target
 from inversescope.storage.activations import STORE, ActivationWriter
 from inversescope.storage.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from inversescope.flows.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from inversescope.flows.config import RunConfig
 from inversescope.storage.artifacts import Artifact
 from inversescope.storage.tables import write_parquet_atomic
 from inversescope.tasks import load_task, task_module_name
+
+if TYPE_CHECKING:
+    from inversescope.flows.config import RunConfig
 
 NAME = "prior"
 INPUTS: tuple[str, ...] = ()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from inversescope.flows.config import RunConfig, file_fingerprint
-from inversescope.flows.stage import StageError
+from inversescope.flows.errors import StageError
 from inversescope.flows.stage_prior import read_split
 from inversescope.storage.artifacts import Artifact, write_json_atomic
+from inversescope.storage.keys import file_fingerprint
+
+if TYPE_CHECKING:
+    from inversescope.flows.config import RunConfig
 
 log = logging.getLogger(__name__)
 

@@ -127,3 +127,79 @@ class KernelConfig(StageConfig):
         if not 0 < v < 1:
             raise ValueError(f"delta={v} must lie in (0, 1)")
         return v
+
+
+class BackboneConfig(StageConfig):
+    """The generator's decoder-only LM, fine-tuned on the prior's prompts, then frozen."""
+
+    source: Literal["train", "hub", "local"] = Field(
+        "train",
+        description="train: a small model trained from scratch here with the target's tokenizer; "
+        "hub: a model name (the paper: gpt2); local: a save_pretrained directory.",
+    )
+    name: str | None = Field(None, description="Hub model name (source=hub).")
+    revision: str = Field("main", description="Hub revision (source=hub).")
+    path: Path | None = Field(None, description="Model directory (source=local).")
+    arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
+    finetune: Literal["full", "lora"] = Field("full", description="Full fine-tune or LoRA (peft).")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank (finetune=lora).")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning schedule.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> BackboneConfig:
+        if self.source == "hub" and not self.name:
+            raise ValueError("backbone.source=hub needs backbone.name (e.g. gpt2)")
+        if self.source == "local" and self.path is None:
+            raise ValueError("backbone.source=local needs backbone.path")
+        if self.source == "train" and self.finetune == "lora":
+            raise ValueError(
+                "backbone.finetune=lora needs a pretrained backbone (source hub/local)"
+            )
+        return self
+
+
+class NoiseConfig(StageConfig):
+    """Training noise r of the pairs (x_hat, z_hat + r); see inversescope.core.noise."""
+
+    family: Literal["kernel", "gaussian", "none"] = Field(
+        "gaussian", description="kernel: exact kernel noise; gaussian: isotropic; none."
+    )
+    scale: float = Field(0.1, ge=0, description="gaussian: ||r|| / ||z_hat|| on average.")
+
+
+class ControlsConfig(StageConfig):
+    """Site encoders + control layers (inversescope) or the InversionView decoder, trained on the
+    train split's activations with the backbone's next-token loss."""
+
+    n_heads: int = Field(32, gt=0, description="Control-layer heads (paper: 32).")
+    d_head: int = Field(64, gt=0, description="Control-layer query/key size (paper: 64).")
+    backbone: Literal["frozen", "full"] = Field(
+        "frozen", description="frozen: the paper's letter; full: the backbone trains too."
+    )
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(lr=1e-5, warmup=1000, steps=20_000),
+        description="Schedule (paper: AdamW, lr 1e-5, 1000 warm-up steps).",
+    )
+    iv_hidden: int = Field(512, gt=0, description="InversionView: residual MLP hidden width.")
+
+
+class SampleConfig(StageConfig):
+    """Sampling inputs conditioned on test activations, and measuring them against z_hat."""
+
+    method: Literal["inversescope", "inversionview", "prior"] = Field(
+        "inversescope",
+        description="inversescope: our generator; inversionview: the baseline decoder with "
+        "Gaussian noise of scale ε at sampling; prior: the frozen backbone alone.",
+    )
+    sites: list[str] | None = Field(None, description="Sites to sample (default: all extracted).")
+    n_examples: int = Field(20, gt=0, description="First n test prompts used as references.")
+    k: int = Field(16, gt=0, description="Samples per (reference, site).")
+    batch_size: int = Field(256, gt=0, description="Sequences generated at once.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    max_new_tokens: int = Field(40, gt=0, description="Longest sample in backbone tokens.")
+
+    @field_validator("sites")
+    @classmethod
+    def _canonical_sites(cls, sites: list[str] | None) -> list[str] | None:
+        return None if sites is None else [parse_site(s).name for s in sites]

@@ -61,7 +61,8 @@ def train_causal_lm(
     """AdamW with linear warm-up on next-token cross-entropy; evaluates every ``eval_every``
     steps and stops early once ``should_stop(metrics)`` holds."""
     device = next(model.parameters()).device
-    opt = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     warm = max(schedule.warmup, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     progress = Progress(stage, schedule.steps, "steps")
@@ -91,6 +92,22 @@ def train_causal_lm(
                 break
     model.eval()
     return result
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Token-weighted mean next-token loss of ``model(**batch)`` over fixed batches."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
 
 
 @torch.no_grad()

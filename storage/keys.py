@@ -36,7 +36,7 @@ def _imports(path: Path, module: str) -> set[str]:
     is_pkg = path.name == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -47,6 +47,26 @@ def _imports(path: Path, module: str) -> set[str]:
             # `from pkg import submodule` imports a module too.
             found.update(f"{base}.{a.name}" for a in node.names)
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except what sits under ``if TYPE_CHECKING:`` (imports for annotations only:
+    they run no code, so they must not widen a stage's key)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 @cache
@@ -86,3 +106,16 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str
     """The cache key of one stage run: short hex of (stage, config, input keys, code hash)."""
     payload = canonical_json({"stage": stage, "config": config, "inputs": inputs, "code": code})
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_CHARS]
+
+
+def file_fingerprint(path: Path) -> str:
+    """Content hash of a file or of every file under a directory (a Path's string is not enough
+    to key a cache: the files behind it can change)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

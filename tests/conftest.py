@@ -19,6 +19,33 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
+# A run small enough for tests: every stage of ioi-tiny, in seconds.
+SMALL_OVERRIDES = [
+    "prior.n_train=300",
+    "prior.n_test=40",
+    "target.arch={n_layer: 2, n_head: 2, d_model: 32, n_positions: 64, vocab_size: 400}",
+    "target.train={steps: 20, batch_size: 16, eval_every: 10}",
+    "target.min_accuracy=0",
+    "extract.sites=[L0H1, L1H0, L1.attn]",
+    "extract.chunk_rows=128",
+    "backbone.arch={n_layer: 2, n_head: 2, d_model: 32, n_positions: 64, vocab_size: 400}",
+    "backbone.train={steps: 20, batch_size: 16, eval_every: 10}",
+    "controls.n_heads=2",
+    "controls.d_head=8",
+    "controls.iv_hidden=16",
+    "controls.train={steps: 10, batch_size: 16, lr: 0.001, warmup: 2, eval_every: 5}",
+    "sample.n_examples=3",
+    "sample.k=4",
+    "sample.batch_size=5",
+    "sample.max_new_tokens=16",
+]
+
+
+@pytest.fixture()
+def small():
+    return list(SMALL_OVERRIDES)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every flow test of the session."""

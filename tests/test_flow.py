@@ -9,25 +9,15 @@ from inversescope.flows.config import load_run_config
 from inversescope.flows.pipeline import flow_for
 from inversescope.storage.activations import ActivationStore
 
-SMALL = [
-    "prior.n_train=300",
-    "prior.n_test=40",
-    "target.arch={n_layer: 2, n_head: 2, d_model: 32, n_positions: 64, vocab_size: 400}",
-    "target.train={steps: 20, batch_size: 16, eval_every: 10}",
-    "target.min_accuracy=0",
-    "extract.sites=[L0H1, L1H0, L1.attn]",
-    "extract.chunk_rows=128",
-]
-
 
 @pytest.fixture()
-def small_run():
-    return load_run_config("ioi-tiny", SMALL)
+def small_run(small):
+    return load_run_config("ioi-tiny", small)
 
 
 def test_flow_runs_then_everything_is_cached(prefect_harness, small_run, tmp_path):
     first = flow_for("ioi")(small_run, str(tmp_path))["stages"]
-    assert list(first) == ["prior", "target", "extract"]
+    assert list(first) == ["prior", "target", "extract", "backbone", "controls", "sample"]
     assert {r["status"] for r in first.values()} == {"ran"}
     second = flow_for("ioi")(small_run, str(tmp_path))["stages"]
     assert {n: r["status"] for n, r in second.items()} == dict.fromkeys(first, "cached")

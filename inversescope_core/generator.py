@@ -1,0 +1,146 @@
+"""The conditional generator: a frozen decoder-only backbone plus trainable site encoders and one
+control layer per backbone block.
+
+Site encoder (one per site): ``e = E_s z``, a (d_site -> d_site) linear map, Kaiming init.
+Control layer (one per block), H heads of size d_head, for hidden states h_i of that block:
+
+    q_i = Q h_i + q̄            (H, d_head)   per position
+    k   = K e + k̄              (H, d_head)   per condition: computed once, reused at every step
+    v   = V e + v̄              (H, d_model)  per condition; V, v̄ initialised to zero
+    w_i = tanh(q_i · k / sqrt(d_head))       (H,)  one key, so tanh instead of softmax
+    h_i <- h_i + Σ_heads w_i v
+
+The 1/sqrt(d_head) keeps tanh out of saturation at Kaiming init. With V = 0 the generator's
+logits equal the backbone's exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+def backbone_blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks of a causal LM (GPT-2, Llama, Gemma-2 layouts)."""
+    base = model.base_model
+    for name in ("h", "layers"):
+        blocks = getattr(base, name, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+
+
+class ControlLayer(nn.Module):
+    def __init__(self, d_model: int, d_cond: int, n_heads: int, d_head: int):
+        super().__init__()
+        self.n_heads, self.d_head, self.d_model = n_heads, d_head, d_model
+        self.q = nn.Linear(d_model, n_heads * d_head)  # bias = q̄
+        self.k = nn.Linear(d_cond, n_heads * d_head)  # bias = k̄
+        self.v = nn.Linear(d_cond, n_heads * d_model)  # bias = v̄
+        nn.init.zeros_(self.v.weight)
+        nn.init.zeros_(self.v.bias)
+
+    def keys_values(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-condition key (B, H, d_head) and value (B, H, d_model) from encoded z (B, d)."""
+        b = e.shape[0]
+        return (
+            self.k(e).view(b, self.n_heads, self.d_head),
+            self.v(e).view(b, self.n_heads, self.d_model),
+        )
+
+    def forward(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The control term to add to hidden states h (B, T, d_model)."""
+        b, t, _ = h.shape
+        q = self.q(h).view(b, t, self.n_heads, self.d_head)  # (B, T, H, dh)
+        w = torch.tanh(torch.einsum("bthd,bhd->bth", q, k) / math.sqrt(self.d_head))  # (B, T, H)
+        return torch.einsum("bth,bhm->btm", w, v)  # (B, T, d_model)
+
+
+class ConditionalGenerator(nn.Module):
+    """Backbone + site encoders + control layers. Call ``condition(z, site_idx)`` (or use
+    ``conditioned``) before running the backbone; the control terms enter through forward hooks
+    on the backbone's blocks, so the backbone's own forward, cache and sampling apply."""
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        sites: list[str],
+        d_site: int,
+        n_heads: int = 32,
+        d_head: int = 64,
+        train_backbone: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sites = list(sites)
+        d_model = backbone.config.hidden_size
+        self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
+        for i in range(len(sites)):
+            nn.init.kaiming_uniform_(self.encoders.data[i], a=math.sqrt(5))
+        blocks = backbone_blocks(backbone)
+        self.controls = nn.ModuleList(
+            ControlLayer(d_model, d_site, n_heads, d_head) for _ in range(len(blocks))
+        )
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._hooks = [blk.register_forward_hook(self._hook(i)) for i, blk in enumerate(blocks)]
+        backbone.requires_grad_(train_backbone)
+
+    def _hook(self, layer: int):
+        def add_control(module, args, output):
+            if self._kv is None:
+                return None
+            k, v = self._kv[layer]
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d_model)
+            hidden = hidden + self.controls[layer](hidden, k, v)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return add_control
+
+    def encode(self, z: torch.Tensor, site_idx: torch.Tensor) -> torch.Tensor:
+        """Site-specific linear encoding of z (B, d) -> (B, d)."""
+        return torch.einsum("bd,bde->be", z, self.encoders[site_idx].transpose(1, 2))
+
+    def condition(self, z: torch.Tensor | None, site_idx: torch.Tensor | None = None) -> None:
+        """Fix the condition of every row of the next forward passes (None: plain backbone)."""
+        if z is None:
+            self._kv = None
+            return
+        e = self.encode(z, site_idx)
+        self._kv = [ctrl.keys_values(e) for ctrl in self.controls]
+
+    @contextmanager
+    def conditioned(
+        self, z: torch.Tensor | None, site_idx: torch.Tensor | None = None
+    ) -> Iterator[None]:
+        self.condition(z, site_idx)
+        try:
+            yield
+        finally:
+            self._kv = None
+
+    def forward(self, input_ids, attention_mask, z, site_idx, labels=None):
+        with self.conditioned(z, site_idx):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    def train(self, mode: bool = True) -> ConditionalGenerator:
+        super().train(mode)
+        if not self.backbone_trains:
+            self.backbone.eval()  # a frozen backbone keeps its eval behaviour (no dropout)
+        return self
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Encoders and control layers (and the backbone only where it trains)."""
+        return {
+            k: v
+            for k, v in self.state_dict().items()
+            if not k.startswith("backbone.") or self.backbone_trains
+        }
+
+    @property
+    def backbone_trains(self) -> bool:
+        return any(p.requires_grad for p in self.backbone.parameters())
