@@ -22,7 +22,7 @@ import torch
 from inversescope.core.extract import SiteReader
 from inversescope.core.models import pick_device
 from inversescope.flows.config import load_run_config
-from inversescope.flows.stage import run_stage
+from inversescope.flows.stage import run_keys, run_stage
 from inversescope.flows.stage_extract import extract_to_store
 from inversescope.flows.stage_prior import read_split
 from inversescope.flows.stage_target import load_target
@@ -49,8 +49,9 @@ def main() -> None:
 
     run = load_run_config(args.preset)
     store = ArtifactStore(args.workdir)
-    prior = store.require("prior", run_stage("prior", run, args.workdir).key)
-    target = store.require("target", run_stage("target", run, args.workdir).key)
+    keys = run_keys(run, ("prior", "target"))
+    prior = store.require("prior", run_stage("prior", run, args.workdir, keys).key)
+    target = store.require("target", run_stage("target", run, args.workdir, keys).key)
     device = pick_device(run.device)
     model, tokenizer = load_target(target, device)
     texts = read_split(prior, "train")["text"].to_list()[: args.rows]

@@ -39,7 +39,78 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub.add_parser("presets", help="list the presets that ship with the package")
+    res = sub.add_parser("results", help="print the FCR table of every run under WORKDIR")
+    res.add_argument("workdir")
+    res.add_argument("--feature", default=None, help="only this feature")
+    res.add_argument("--top", type=int, default=None, help="top N sites per feature by FCR")
+    smp = sub.add_parser("samples", help="print samples of a site and reference example")
+    smp.add_argument("workdir")
+    smp.add_argument("--site", required=True)
+    smp.add_argument("--example", type=int, required=True, help="prior test id of the reference")
+    smp.add_argument("--limit", type=int, default=20)
     return p
+
+
+def _print_frame(df) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=90, tbl_width_chars=200):
+        print(df)
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from inversescope.storage.queries import scan_results
+
+    try:
+        lf = scan_results(args.workdir)
+    except FileNotFoundError as e:
+        raise ConfigError(str(e)) from e
+    if args.feature:
+        lf = lf.filter(pl.col("feature") == args.feature)
+    lf = lf.sort(["feature", "fcr"], descending=[False, True], nulls_last=True)
+    if args.top:
+        lf = lf.group_by(["run_key", "feature"], maintain_order=True).head(args.top)
+    cols = [
+        "method",
+        "feature",
+        "site",
+        "fcr",
+        "ci_low",
+        "ci_high",
+        "chance",
+        "n_examples",
+        "n_samples",
+        "refusal_rate",
+    ]
+    _print_frame(lf.select(cols).collect())
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from inversescope.core.sites import parse_site
+    from inversescope.storage.queries import scan_samples_with_labels
+
+    try:
+        site = parse_site(args.site).name
+        df = (
+            scan_samples_with_labels(args.workdir)
+            .filter((pl.col("site") == site) & (pl.col("example_id") == args.example))
+            .collect()
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    if df.height == 0:
+        raise ConfigError(
+            f"no samples for site {site} and example {args.example} in {args.workdir}"
+        )
+    ref_cols = [c for c in df.columns if c.endswith("_ref")]
+    print("reference labels: " + ", ".join(f"{c[:-4]}={df[c][0]}" for c in ref_cols))
+    _print_frame(df.sort("distance").drop(["site", "example_id", *ref_cols]).head(args.limit))
+    return 0
 
 
 def _cmd_presets() -> int:
@@ -68,9 +139,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = {**out, "preset": run.preset, "task": run.task, "workdir": str(workdir)}
     if args.json:
         print(json.dumps(out))
-    else:
-        for name, r in out["stages"].items():
-            print(f"{name:8s} {r['status']:6s} {r['seconds']:8.1f}s  {r['path']}")
+        return 0
+    for name, r in out["stages"].items():
+        print(f"{name:8s} {r['status']:6s} {r['seconds']:8.1f}s  {r['path']}")
+    if "fcr" in out["stages"]:
+        import polars as pl
+
+        results = pl.read_parquet(Path(out["stages"]["fcr"]["path"]) / "results.parquet")
+        print(
+            f"\nFCR ({run.sample.method}, {run.fcr.kernel} kernel, eps={run.kernel.epsilon}); "
+            f"plots in {out['stages']['fcr']['path']}"
+        )
+        _print_frame(
+            results.sort(["feature", "fcr"], descending=[False, True], nulls_last=True).select(
+                "feature",
+                "site",
+                "fcr",
+                "ci_low",
+                "ci_high",
+                "chance",
+                "n_examples",
+                "n_samples",
+                "refusal_rate",
+            )
+        )
     return 0
 
 
@@ -79,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _cmd_presets()
+        if args.command == "results":
+            return _cmd_results(args)
+        if args.command == "samples":
+            return _cmd_samples(args)
         return _cmd_run(args)
     except ConfigError as e:
         print(f"inversescope: error: {e}", file=sys.stderr)

@@ -17,7 +17,9 @@ from inversescope.core.config import (
     BackboneConfig,
     ControlsConfig,
     ExtractConfig,
+    FcrConfig,
     KernelConfig,
+    LabelConfig,
     PriorConfig,
     SampleConfig,
     TargetConfig,
@@ -46,6 +48,13 @@ class RunConfig(BaseModel):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig, description="Stage backbone.")
     controls: ControlsConfig = Field(default_factory=ControlsConfig, description="Stage controls.")
     sample: SampleConfig = Field(default_factory=SampleConfig, description="Stage sample.")
+    features: dict[str, str] = Field(
+        default_factory=dict,
+        description="Your feature functions: {name: 'package.module:function' or "
+        "'/path/to/file.py:function'}, beside the task's built-in ones.",
+    )
+    label: LabelConfig = Field(default_factory=LabelConfig, description="Stage label.")
+    fcr: FcrConfig = Field(default_factory=FcrConfig, description="Stage fcr.")
 
     @property
     def sample_sites(self) -> list[str]:
@@ -169,6 +178,12 @@ def check_run(run: RunConfig) -> None:
     dims = target_dims(run)
     try:
         check_sites(run.extract.sites, dims)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    from inversescope.tasks.features import resolve_features
+
+    try:
+        resolve_features(run.task, run.features)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     missing = sorted(set(run.sample_sites) - set(run.extract.sites))

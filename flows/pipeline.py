@@ -13,13 +13,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from inversescope.flows.config import RunConfig, check_run
-from inversescope.flows.stage import STAGE_ORDER, run_stage
+from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage
 
 
 def _make_stage_task(name: str):
-    def run(run: RunConfig, workdir: str) -> dict[str, Any]:
+    def run(run: RunConfig, workdir: str, keys: dict[str, str]) -> dict[str, Any]:
         logger = get_run_logger()
-        result = run_stage(name, run, workdir)
+        result = run_stage(name, run, workdir, keys)
         logger.info("%s %s: %s (%.1f s)", name, result.status, result.path, result.seconds)
         return result.to_json()
 
@@ -43,9 +43,10 @@ def pipeline(run: RunConfig, workdir: str, until: str | None = None) -> dict[str
     """Run the stages of one task in order, each cached by its artifact key."""
     names = stages_until(until)
     check_run(run)
+    keys = run_keys(run, names)
     results: dict[str, Any] = {}
     for name in names:
-        results[name] = STAGE_TASKS[name](run, workdir)
+        results[name] = STAGE_TASKS[name](run, workdir, keys)
     return {"stages": results}
 
 

@@ -26,7 +26,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER: tuple[str, ...] = ("prior", "target", "extract", "backbone", "controls", "sample")
+STAGE_ORDER: tuple[str, ...] = (
+    "prior",
+    "target",
+    "extract",
+    "backbone",
+    "controls",
+    "sample",
+    "label",
+    "fcr",
+)
 
 
 @cache
@@ -68,11 +77,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_stage(name: str, run: RunConfig, workdir: Path | str) -> StageResult:
-    """Return the cached artifact of ``name`` or build and commit it."""
+def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, str]:
+    """Keys of ``names`` and of everything they read, computed once: a flow takes this snapshot
+    at its start, so source edited while it runs cannot split one run across two keys."""
+    keys: dict[str, str] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in keys:
+            keys[name] = stage_key_of(name, run)
+            todo.extend(stage_module(name).INPUTS)
+    return keys
+
+
+def run_stage(
+    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str] | None = None
+) -> StageResult:
+    """Return the cached artifact of ``name`` or build and commit it. ``keys`` (from
+    ``run_keys``) fixes the keys of this stage and its inputs; without it they are computed now."""
     store = ArtifactStore(workdir)
     mod = stage_module(name)
-    key = stage_key_of(name, run)
+    keys = keys if keys is not None else run_keys(run, (name,))
+    key = keys[name]
     timer = Timer()
     hit = store.lookup(name, key)
     if hit is not None:
@@ -80,7 +106,7 @@ def run_stage(name: str, run: RunConfig, workdir: Path | str) -> StageResult:
         return StageResult(name, "cached", key, str(hit.path), round(timer.seconds, 3))
     inputs: dict[str, Artifact] = {}
     for inp in mod.INPUTS:
-        inputs[inp] = store.require(inp, stage_key_of(inp, run))
+        inputs[inp] = store.require(inp, keys[inp])
     with store.lock(name, key):
         hit = store.lookup(name, key)  # another process may have built it while we waited
         if hit is not None:

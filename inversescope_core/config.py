@@ -203,3 +203,24 @@ class SampleConfig(StageConfig):
     @classmethod
     def _canonical_sites(cls, sites: list[str] | None) -> list[str] | None:
         return None if sites is None else [parse_site(s).name for s in sites]
+
+
+class LabelConfig(StageConfig):
+    """Applying feature functions to samples and reference prompts."""
+
+    max_error_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Fail when a feature raises on more than this share of inputs.",
+    )
+
+
+class FcrConfig(StageConfig):
+    """Feature consistency rate per (site, feature)."""
+
+    kernel: Literal["hard", "gaussian"] = Field(
+        "hard", description="hard: accepted samples only; gaussian: all samples, kernel-weighted."
+    )
+    n_bootstrap: int = Field(1000, gt=0, description="Bootstrap resamples over examples.")
+    ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the interval.")

@@ -19,9 +19,11 @@ def sample_tokens(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
     cache: DynamicCache | None = None,
+    stop_at_eos: bool = True,
 ) -> torch.Tensor:
-    """Sampled token ids (B, <= max_new_tokens); rows end at their first ``eos_id``, after which
-    they are padded with it."""
+    """Sampled token ids (B, <= max_new_tokens), starting after ``eos_id`` (which begins every
+    sequence); rows end at their first ``eos_id``, after which they are padded with it.
+    ``stop_at_eos=False`` always samples ``max_new_tokens`` (for benchmarks)."""
     device = next(model.parameters()).device
     cache = cache if cache is not None else DynamicCache(config=model.config)
     prefix = cache.get_seq_length()
@@ -37,9 +39,10 @@ def sample_tokens(
         cache = out.cache
         probs = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)  # (B, V)
         nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        if stop_at_eos:
+            nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+            done |= nxt == eos_id
         out_tokens.append(nxt)
-        done |= nxt == eos_id
         if bool(done.all()):
             break
         tok = nxt[:, None]

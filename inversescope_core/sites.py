@@ -14,7 +14,7 @@ _SITE = re.compile(r"L(?P<layer>\d+)(?:H(?P<head>\d+)|\.(?P<kind>attn))")
 ACCEPTED = "L{layer}H{head} (e.g. L9H6) or L{layer}.attn (e.g. L13.attn)"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Site:
     layer: int
     head: int | None = None
@@ -26,6 +26,11 @@ class Site:
     @property
     def is_head(self) -> bool:
         return self.head is not None
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Layer order, heads before the layer's whole attention output."""
+        return (self.layer, self.head if self.head is not None else 1 << 30)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""polars queries over the artifacts of one or more working directories, lazily."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+
+def _manifests(workdir: Path, stage: str) -> list[tuple[Path, dict]]:
+    out = []
+    for manifest in sorted(Path(workdir).glob(f"{stage}/*/manifest.json")):
+        try:
+            out.append((manifest.parent, json.loads(manifest.read_text())))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def scan_results(*workdirs: str | Path) -> pl.LazyFrame:
+    """Every committed FCR table under the working directories, as one LazyFrame (one row per
+    run, site and feature; see README for the columns)."""
+    files = [str(path / "results.parquet") for wd in workdirs for path, _ in _manifests(wd, "fcr")]
+    if not files:
+        raise FileNotFoundError(f"no fcr results under {', '.join(map(str, workdirs))}")
+    return pl.scan_parquet(files)
+
+
+def latest(workdir: str | Path, stage: str) -> tuple[Path, dict]:
+    """The most recently committed artifact of ``stage`` (path, manifest)."""
+    found = _manifests(Path(workdir), stage)
+    if not found:
+        raise FileNotFoundError(f"no committed {stage} artifact under {workdir}")
+    return max(found, key=lambda pm: pm[1].get("created", ""))
+
+
+def scan_samples_with_labels(workdir: str | Path) -> pl.LazyFrame:
+    """Samples of the latest labelled run, joined with their labels and their reference's."""
+    label_path, label_manifest = latest(workdir, "label")
+    sample_key = label_manifest["inputs"]["sample"]
+    sample_path = Path(workdir) / "sample" / sample_key
+    features = label_manifest["metrics"]["feature_names"]
+    reference = pl.scan_parquet(label_path / "reference.parquet").rename(
+        {"id": "example_id", **{f: f"{f}_ref" for f in features}}
+    )
+    return (
+        pl.scan_parquet(sample_path / "samples" / "*.parquet")
+        .join(
+            pl.scan_parquet(label_path / "labels.parquet"),
+            on=["site", "example_id", "sample_idx"],
+            how="left",
+        )
+        .join(reference, on="example_id", how="left")
+    )

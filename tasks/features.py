@@ -1,0 +1,96 @@
+"""Feature functions: a task's built-in ones and the user's own, named in the run config as
+``{name: "package.module:function"}`` or ``{name: "/path/to/file.py:function"}``.
+
+A feature function takes an input text and returns a hashable label, or ``None`` where the
+feature is undefined (left out of FCR). Labels are stored as text: strings as they are, other
+values as JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+
+from inversescope.tasks import load_task, task_module_name
+
+FeatureFn = Callable[[str], Hashable | None]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    module: str  # dotted module name, or a .py file path
+    function: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.module}:{self.function}"
+
+    @property
+    def is_file(self) -> bool:
+        return self.module.endswith(".py")
+
+    def source_file(self) -> Path:
+        if self.is_file:
+            return Path(self.module).resolve()
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"feature {self.name!r}: module {self.module!r} cannot be found")
+        return Path(spec.origin)
+
+    def load(self) -> FeatureFn:
+        if self.is_file:
+            path = Path(self.module).resolve()
+            mod_name = "inversescope_user_features_" + hashlib.sha1(str(path).encode()).hexdigest()
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(self.module)
+        fn = getattr(module, self.function, None)
+        if not callable(fn):
+            raise ValueError(f"feature {self.name!r}: {self.ref} is not a function")
+        return fn
+
+
+def parse_feature(name: str, ref: str) -> FeatureSpec:
+    module, sep, function = ref.rpartition(":")
+    if not sep or not module or not function.isidentifier():
+        raise ValueError(
+            f"feature {name!r}: {ref!r} is not of the form package.module:function or "
+            "/path/to/file.py:function"
+        )
+    return FeatureSpec(name, module, function)
+
+
+def resolve_features(task: str, user: dict[str, str]) -> dict[str, FeatureSpec]:
+    """Built-in features of ``task`` plus the user's, each checked to exist and be callable."""
+    builtins = load_task(task).FEATURES
+    specs = {n: FeatureSpec(n, task_module_name(task), f.__name__) for n, f in builtins.items()}
+    for name, ref in user.items():
+        if name in specs:
+            raise ValueError(
+                f"feature name {name!r} is a built-in feature of task {task!r}; choose another name"
+            )
+        spec = parse_feature(name, ref)
+        if spec.is_file and not Path(spec.module).is_file():
+            raise ValueError(f"feature {name!r}: file {spec.module!r} does not exist")
+        try:
+            spec.load()
+        except (ImportError, SyntaxError, AttributeError) as e:
+            raise ValueError(f"feature {name!r}: cannot load {spec.ref} ({e})") from e
+        specs[name] = spec
+    return specs
+
+
+def canonical_label(value: object) -> str | None:
+    """A label as stored: None stays None, a string as is, anything else as sorted JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=repr)
