@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub.add_parser("presets", help="list the presets that ship with the package")
-    res = sub.add_parser("results", help="print the FCR table of every run under WORKDIR")
+    res = sub.add_parser("results", help="print the FCR table of the latest run under WORKDIR")
     res.add_argument("workdir")
+    res.add_argument("--all", action="store_true", help="every run under WORKDIR, by run_key")
     res.add_argument("--feature", default=None, help="only this feature")
     res.add_argument("--top", type=int, default=None, help="top N sites per feature by FCR")
     smp = sub.add_parser("samples", help="print samples of a site and reference example")
@@ -61,10 +62,12 @@ def _print_frame(df) -> None:
 def _cmd_results(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from inversescope.storage.queries import scan_results
+    from inversescope.storage.queries import latest, scan_results
 
     try:
         lf = scan_results(args.workdir)
+        if not args.all:
+            lf = lf.filter(pl.col("run_key") == latest(args.workdir, "fcr")[0].name)
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from e
     if args.feature:

@@ -29,12 +29,20 @@ class Architecture:
     weight_in_out: Callable[[torch.nn.Module], torch.Tensor]
 
 
+def _decoder_o_proj(root, layer: int):
+    return root.model.layers[layer].self_attn.o_proj
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     # GPT-2's Conv1D stores its weight as (in, out).
     "gpt2": Architecture(
         o_proj=lambda root, layer: root.transformer.h[layer].attn.c_proj,
         weight_in_out=lambda module: module.weight,
     ),
+    # Llama and Gemma-2: nn.Linear stores (out, in); Gemma-2's heads may be wider than
+    # hidden_size / n_heads, so o_proj maps n_heads * head_dim -> hidden_size.
+    "llama": Architecture(o_proj=_decoder_o_proj, weight_in_out=lambda module: module.weight.T),
+    "gemma2": Architecture(o_proj=_decoder_o_proj, weight_in_out=lambda module: module.weight.T),
 }
 
 

@@ -27,7 +27,11 @@ def dims_of(config: PretrainedConfig) -> ModelDims:
     model_type = getattr(config, "model_type", None)
     if model_type == "gpt2":
         return ModelDims("gpt2", config.n_layer, config.n_head, config.n_embd)
-    raise ValueError(f"architecture {model_type!r} is not supported; accepted: gpt2")
+    if model_type in ("llama", "gemma2"):
+        return ModelDims(
+            model_type, config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+        )
+    raise ValueError(f"architecture {model_type!r} is not supported; accepted: gpt2, llama, gemma2")
 
 
 def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadModel:
