@@ -117,13 +117,30 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
+    from inversescope.flows.config import target_dims
     from inversescope.tasks import preset_names
 
+    print(f"{'preset':22s} {'task':8s} {'target':38s} {'sites':>5s} {'activations':>12s}")
     for name in preset_names():
         cfg = load_run_config(name)
-        target = cfg.target.name or cfg.target.source
-        print(f"{name}\ttask={cfg.task}\ttarget={target}\tsites={len(cfg.extract.sites)}")
+        target = cfg.target.name or f"{cfg.target.source} (local)"
+        try:
+            width = target_dims(cfg).d_model
+        except ConfigError:
+            width = None
+        rows = cfg.prior.n_train + cfg.prior.n_test
+        itemsize = 4 if cfg.extract.dtype == "float32" else 2
+        size = "?" if width is None else _human(rows * len(cfg.extract.sites) * width * itemsize)
+        print(f"{name:22s} {cfg.task:8s} {target:38s} {len(cfg.extract.sites):5d} {size:>12s}")
     return 0
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

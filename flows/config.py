@@ -160,13 +160,22 @@ def target_dims(run: RunConfig) -> ModelDims:
             raise ConfigError(f"target.path {str(target.path)!r} has no config.json (missing file)")
         hf_config = AutoConfig.from_pretrained(target.path)
     else:
-        try:
-            hf_config = AutoConfig.from_pretrained(target.name, revision=target.revision)
-        except OSError as e:
-            raise ConfigError(
-                f"target.name {target.name!r} (revision {target.revision!r}) cannot be resolved: "
-                f"{str(e).splitlines()[0]}"
-            ) from e
+        from inversescope.core.models import HUB_SHAPES
+
+        try:  # a local copy first, then the known shape, then the hub itself
+            hf_config = AutoConfig.from_pretrained(
+                target.name, revision=target.revision, local_files_only=True
+            )
+        except OSError:
+            if target.name in HUB_SHAPES:
+                return HUB_SHAPES[target.name]
+            try:
+                hf_config = AutoConfig.from_pretrained(target.name, revision=target.revision)
+            except OSError as e:
+                raise ConfigError(
+                    f"target.name {target.name!r} (revision {target.revision!r}) cannot be "
+                    f"resolved: {str(e).splitlines()[0]}"
+                ) from e
     try:
         return dims_of(hf_config)
     except ValueError as e:

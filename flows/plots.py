@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -54,6 +55,7 @@ def fcr_per_layer(results: pl.DataFrame, path: Path) -> None:
         ax.fill_between(x, sub["ci_low"].to_numpy(), sub["ci_high"].to_numpy(), alpha=0.2)
         ax.plot(x, sub["chance"].to_numpy(), linestyle=":", color=ax.lines[-1].get_color())
     ax.set_ylim(0, 1)
+    ax.set_xticks(sorted(layers["layer"].unique().to_list()))
     ax.set_xlabel("layer")
     ax.set_ylabel("FCR (dotted: chance)")
     ax.set_title("FCR per attention layer")
@@ -77,6 +79,7 @@ def refusal_histogram(per_site: dict[str, dict[str, float]], path: Path) -> None
         )
     ax.set_xlabel("refusal rate")
     ax.set_ylabel("sites")
+    ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title("Refusal rate over sites")
     ax.legend()
     fig.tight_layout()

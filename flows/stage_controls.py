@@ -43,6 +43,7 @@ def config_of(run: RunConfig) -> dict[str, Any]:
         cfg.pop("backbone")
         cfg.pop("n_heads")
         cfg.pop("d_head")
+        cfg.pop("lora_rank")
     else:
         cfg.pop("iv_hidden")
     return {
@@ -66,7 +67,13 @@ def build_model(run: RunConfig, backbone, d_site: int) -> torch.nn.Module:
     if run.sample.method == "inversionview":
         return InversionViewDecoder(backbone, run.sample_sites, d_site, c.iv_hidden)
     return ConditionalGenerator(
-        backbone, run.sample_sites, d_site, c.n_heads, c.d_head, train_backbone=c.backbone == "full"
+        backbone,
+        run.sample_sites,
+        d_site,
+        c.n_heads,
+        c.d_head,
+        backbone_mode=c.backbone,
+        lora_rank=c.lora_rank,
     )
 
 

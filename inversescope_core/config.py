@@ -173,9 +173,12 @@ class ControlsConfig(StageConfig):
 
     n_heads: int = Field(32, gt=0, description="Control-layer heads (paper: 32).")
     d_head: int = Field(64, gt=0, description="Control-layer query/key size (paper: 64).")
-    backbone: Literal["frozen", "full"] = Field(
-        "frozen", description="frozen: the paper's letter; full: the backbone trains too."
+    backbone: Literal["frozen", "lora", "full"] = Field(
+        "frozen",
+        description="frozen: the paper's letter; lora: LoRA adapters on the backbone train too; "
+        "full: the whole backbone trains too.",
     )
+    lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone=lora).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1e-5, warmup=1000, steps=20_000),

@@ -73,7 +73,8 @@ class ConditionalGenerator(nn.Module):
         d_site: int,
         n_heads: int = 32,
         d_head: int = 64,
-        train_backbone: bool = False,
+        backbone_mode: str = "frozen",
+        lora_rank: int = 8,
     ):
         super().__init__()
         self.backbone = backbone
@@ -88,7 +89,15 @@ class ConditionalGenerator(nn.Module):
         )
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._hooks = [blk.register_forward_hook(self._hook(i)) for i, blk in enumerate(blocks)]
-        backbone.requires_grad_(train_backbone)
+        if backbone_mode not in ("frozen", "lora", "full"):
+            raise ValueError(f"backbone_mode={backbone_mode!r}; accepted: frozen, lora, full")
+        backbone.requires_grad_(backbone_mode == "full")
+        if backbone_mode == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            # LoRA adapters (peft's default target modules for the architecture) train; the
+            # backbone's own weights stay frozen.
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank), backbone)
 
     def _hook(self, layer: int):
         def add_control(module, args, output):
@@ -134,11 +143,12 @@ class ConditionalGenerator(nn.Module):
         return self
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Encoders and control layers (and the backbone only where it trains)."""
+        """Encoders, control layers and whatever of the backbone trains (LoRA adapters or all)."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         return {
             k: v
             for k, v in self.state_dict().items()
-            if not k.startswith("backbone.") or self.backbone_trains
+            if not k.startswith("backbone.") or k in trainable
         }
 
     @property

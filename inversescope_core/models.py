@@ -22,6 +22,15 @@ from inversescope.core.sites import ModelDims
 log = logging.getLogger(__name__)
 
 
+# Shapes of the hub models our presets name, to check sites and estimate storage where the hub
+# cannot be reached (the weights themselves always come from the hub or a local directory).
+HUB_SHAPES: dict[str, ModelDims] = {
+    "gpt2": ModelDims("gpt2", 12, 12, 768),
+    "google/gemma-2-2b": ModelDims("gemma2", 26, 8, 2304),
+    "meta-llama/Meta-Llama-3-8B-Instruct": ModelDims("llama", 32, 32, 4096),
+}
+
+
 def dims_of(config: PretrainedConfig) -> ModelDims:
     """Depth, heads and width of a transformers config, for the architectures we support."""
     model_type = getattr(config, "model_type", None)

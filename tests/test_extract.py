@@ -141,3 +141,14 @@ def test_store_layout_and_attrs(tiny_gpt2, tiny_tokenizer, tmp_path):
     np.testing.assert_allclose(store.read("train", "L0H1", 2, 3), direct.numpy(), rtol=1e-6)
     with pytest.raises(KeyError, match="stored sites"):
         store.array("train", "L5H5")
+
+
+def test_float16_store_reads_back_as_float32(tiny_gpt2, tiny_tokenizer, tmp_path):
+    cfg = ExtractConfig(sites=["L1H1"], batch_size=3, chunk_rows=4, dtype="float16")
+    extract_to_store(tiny_gpt2, tiny_tokenizer, {"test": TEXTS}, cfg, tmp_path, "test")
+    store = ActivationStore(tmp_path)
+    assert store.array("test", "L1H1").dtype == np.float16
+    got = store.read("test", "L1H1")
+    want = SiteReader(tiny_gpt2, tiny_tokenizer, ["L1H1"]).read(TEXTS)["L1H1"].numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-4)

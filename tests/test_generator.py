@@ -1,5 +1,8 @@
 """The conditional generator, the InversionView decoder and the sampling loop."""
 
+import copy
+
+import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -41,6 +44,29 @@ def test_zero_init_equals_backbone_exactly():
     assert torch.equal(got, want)
     assert not any(p.requires_grad for p in bb.parameters())
     assert all(p.requires_grad for n, p in gen.named_parameters() if not n.startswith("backbone"))
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_backbone_modes(mode):
+    bb = backbone()
+    reference = copy.deepcopy(bb)
+    gen = ConditionalGenerator(bb, SITES, d_site=8, n_heads=2, d_head=4, backbone_mode=mode)
+    ids = torch.randint(1, 20, (2, 5))
+    got = gen(ids, torch.ones_like(ids), torch.randn(2, 8), torch.tensor([0, 1])).logits
+    torch.testing.assert_close(got, reference(input_ids=ids).logits)  # LoRA B, V start at 0
+    backbone_params = {n: p.requires_grad for n, p in gen.backbone.named_parameters()}
+    if mode == "full":
+        assert all(backbone_params.values())
+    else:
+        assert (
+            {n for n, g in backbone_params.items() if g}
+            == {n for n in backbone_params if "lora_" in n}
+            != set()
+        )
+        saved = gen.trainable_state()
+        assert all("lora_" in k for k in saved if k.startswith("backbone."))
+    with pytest.raises(ValueError, match="backbone_mode"):
+        ConditionalGenerator(backbone(), SITES, 8, backbone_mode="half")
 
 
 def toy_batches(z_table, seqs, batch=16, noise=0.0):
