@@ -22,6 +22,19 @@ def _configure_prefect_env() -> None:
     logging.getLogger("inversescope").setLevel(logging.INFO)
 
 
+RESULT_COLUMNS = [
+    "feature",
+    "site",
+    "fcr",
+    "ci_low",
+    "ci_high",
+    "chance",
+    "n_examples",
+    "n_samples",
+    "refusal_rate",
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inversescope", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -75,18 +88,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     lf = lf.sort(["feature", "fcr"], descending=[False, True], nulls_last=True)
     if args.top:
         lf = lf.group_by(["run_key", "feature"], maintain_order=True).head(args.top)
-    cols = [
-        "method",
-        "feature",
-        "site",
-        "fcr",
-        "ci_low",
-        "ci_high",
-        "chance",
-        "n_examples",
-        "n_samples",
-        "refusal_rate",
-    ]
+    cols = [*(["run_key"] if args.all else []), "method", *RESULT_COLUMNS]
     _print_frame(lf.select(cols).collect())
     return 0
 
@@ -172,15 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         _print_frame(
             results.sort(["feature", "fcr"], descending=[False, True], nulls_last=True).select(
-                "feature",
-                "site",
-                "fcr",
-                "ci_low",
-                "ci_high",
-                "chance",
-                "n_examples",
-                "n_samples",
-                "refusal_rate",
+                RESULT_COLUMNS
             )
         )
     return 0

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -54,18 +54,38 @@ class TrainConfig(StageConfig):
     eval_every: int = Field(250, gt=0, description="Steps between evaluations.")
 
 
-class TargetConfig(StageConfig):
-    """The model whose activations are interpreted."""
+class ModelSourceConfig(StageConfig):
+    """Where a model comes from: trained here, a hub name, or a local directory."""
 
+    section: ClassVar[str] = "model"
     source: Literal["train", "hub", "local"] = Field(
         "train",
-        description="train: a small model trained here on the prior; hub: a model name; "
+        description="train: a small model trained here; hub: a model name; "
         "local: a directory saved with save_pretrained.",
     )
     name: str | None = Field(None, description="Hub model name (source=hub), e.g. gpt2.")
     revision: str = Field("main", description="Hub revision (source=hub).")
     path: Path | None = Field(None, description="Model directory (source=local).")
     arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelSourceConfig:
+        if self.source == "hub" and not self.name:
+            raise ValueError(
+                f"{self.section}.source=hub needs {self.section}.name (a model name such as gpt2)"
+            )
+        if self.source == "local" and self.path is None:
+            raise ValueError(
+                f"{self.section}.source=local needs {self.section}.path "
+                "(a save_pretrained directory)"
+            )
+        return self
+
+
+class TargetConfig(ModelSourceConfig):
+    """The model whose activations are interpreted (``train``: trained here on the prior)."""
+
+    section: ClassVar[str] = "target"
     train: TrainConfig = Field(default_factory=TrainConfig, description="Schedule (train).")
     stop_accuracy: float = Field(
         0.99, gt=0, le=1, description="Stop training early once validation accuracy reaches it."
@@ -73,14 +93,6 @@ class TargetConfig(StageConfig):
     min_accuracy: float = Field(
         0.9, ge=0, le=1, description="Fail the stage if test accuracy ends below this."
     )
-
-    @model_validator(mode="after")
-    def _source_fields(self) -> TargetConfig:
-        if self.source == "hub" and not self.name:
-            raise ValueError("target.source=hub needs target.name (a model name such as gpt2)")
-        if self.source == "local" and self.path is None:
-            raise ValueError("target.source=local needs target.path (a save_pretrained directory)")
-        return self
 
 
 class ExtractConfig(StageConfig):
@@ -129,28 +141,18 @@ class KernelConfig(StageConfig):
         return v
 
 
-class BackboneConfig(StageConfig):
-    """The generator's decoder-only LM, fine-tuned on the prior's prompts, then frozen."""
+class BackboneConfig(ModelSourceConfig):
+    """The generator's decoder-only LM, fine-tuned on the prior's prompts, then frozen
+    (``train``: a small model trained from scratch here with the target's tokenizer; the paper's
+    is the hub's gpt2)."""
 
-    source: Literal["train", "hub", "local"] = Field(
-        "train",
-        description="train: a small model trained from scratch here with the target's tokenizer; "
-        "hub: a model name (the paper: gpt2); local: a save_pretrained directory.",
-    )
-    name: str | None = Field(None, description="Hub model name (source=hub).")
-    revision: str = Field("main", description="Hub revision (source=hub).")
-    path: Path | None = Field(None, description="Model directory (source=local).")
-    arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
+    section: ClassVar[str] = "backbone"
     finetune: Literal["full", "lora"] = Field("full", description="Full fine-tune or LoRA (peft).")
     lora_rank: int = Field(8, gt=0, description="LoRA rank (finetune=lora).")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning schedule.")
 
     @model_validator(mode="after")
-    def _source_fields(self) -> BackboneConfig:
-        if self.source == "hub" and not self.name:
-            raise ValueError("backbone.source=hub needs backbone.name (e.g. gpt2)")
-        if self.source == "local" and self.path is None:
-            raise ValueError("backbone.source=local needs backbone.path")
+    def _lora_needs_pretrained(self) -> BackboneConfig:
         if self.source == "train" and self.finetune == "lora":
             raise ValueError(
                 "backbone.finetune=lora needs a pretrained backbone (source hub/local)"

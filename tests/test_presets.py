@@ -16,13 +16,19 @@ CONFIGS = {"gpt2": GPT2Config, "llama": LlamaConfig, "gemma2": Gemma2Config}
 def tiny_like(name: str, folder):
     dims = HUB_SHAPES[name]
     if dims.architecture == "gpt2":
-        cfg = GPT2Config(n_layer=dims.n_layer, n_head=dims.n_head, n_embd=2 * dims.n_head,
-                         vocab_size=64)
+        cfg = GPT2Config(
+            n_layer=dims.n_layer, n_head=dims.n_head, n_embd=2 * dims.n_head, vocab_size=64
+        )
     else:
         cfg = CONFIGS[dims.architecture](
-            num_hidden_layers=dims.n_layer, num_attention_heads=dims.n_head,
-            num_key_value_heads=1, hidden_size=2 * dims.n_head, head_dim=2,
-            intermediate_size=8, vocab_size=64)
+            num_hidden_layers=dims.n_layer,
+            num_attention_heads=dims.n_head,
+            num_key_value_heads=1,
+            hidden_size=2 * dims.n_head,
+            head_dim=2,
+            intermediate_size=8,
+            vocab_size=64,
+        )
     cfg.save_pretrained(folder)
     return folder
 
