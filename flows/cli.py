@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field (repeatable)",
     )
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    srv = sub.add_parser(
+        "serve",
+        help="serve the pipeline as a Prefect deployment (schedule it "
+        "from the UI of the server named by PREFECT_API_URL)",
+    )
+    srv.add_argument("config", help="preset name or YAML file: the deployment's defaults")
+    srv.add_argument("--workdir", default="runs", help="artifact directory (default: runs)")
+    srv.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field (repeatable)",
+    )
     sub.add_parser("presets", help="list the presets that ship with the package")
     res = sub.add_parser("results", help="print the FCR table of the latest run under WORKDIR")
     res.add_argument("workdir")
@@ -70,6 +85,20 @@ def _print_frame(df) -> None:
 
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=90, tbl_width_chars=200):
         print(df)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from inversescope.flows.config import check_run
+
+    run = load_run_config(args.config, args.overrides)
+    check_run(run)
+    _configure_prefect_env()
+    from prefect import serve
+
+    from inversescope.flows.pipeline import deployment
+
+    serve(deployment(run, str(Path(args.workdir).resolve())))
+    return 0
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -185,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             return _cmd_presets()
+        if args.command == "serve":
+            return _cmd_serve(args)
         if args.command == "results":
             return _cmd_results(args)
         if args.command == "samples":

@@ -38,9 +38,10 @@ def stages_until(until: str | None) -> tuple[str, ...]:
     return STAGE_ORDER[: STAGE_ORDER.index(until) + 1]
 
 
-@flow(name="inversescope", log_prints=False, validate_parameters=False)
-def pipeline(run: RunConfig, workdir: str, until: str | None = None) -> dict[str, Any]:
+@flow(name="inversescope", log_prints=False)
+def pipeline(run: RunConfig, workdir: str = "runs", until: str | None = None) -> dict[str, Any]:
     """Run the stages of one task in order, each cached by its artifact key."""
+    run = RunConfig.model_validate(run)  # a dict when scheduled from the UI or the API
     names = stages_until(until)
     check_run(run)
     keys = run_keys(run, names)
@@ -53,3 +54,13 @@ def pipeline(run: RunConfig, workdir: str, until: str | None = None) -> dict[str
 def flow_for(task_name: str):
     """The pipeline flow named after its task, as it appears in the Prefect UI."""
     return pipeline.with_options(name=f"inversescope-{task_name}")
+
+
+def deployment(run: RunConfig, workdir: str, name: str | None = None):
+    """A deployment of the task's flow with this run config as its default parameters, to serve
+    (``inversescope serve``) and schedule from the Prefect UI, where the config is a form."""
+    return flow_for(run.task).to_deployment(
+        name=name or run.preset or run.task,
+        parameters={"run": run.model_dump(mode="json"), "workdir": workdir},
+        description=f"InverseScope pipeline, task {run.task}, preset {run.preset}",
+    )

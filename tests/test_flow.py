@@ -52,3 +52,17 @@ def test_until_stops_early(prefect_harness, small_run, tmp_path):
     out = flow_for("ioi")(small_run, str(tmp_path), "prior")["stages"]
     assert list(out) == ["prior"]
     assert not (tmp_path / "target").exists()
+
+
+def test_scheduled_run_takes_the_config_as_a_dict(prefect_harness, small_run, tmp_path):
+    out = flow_for("ioi")(small_run.model_dump(mode="json"), str(tmp_path), "prior")["stages"]
+    assert out["prior"]["status"] == "ran"
+
+
+def test_deployment_carries_the_run_config(small_run, tmp_path):
+    from inversescope.flows.pipeline import deployment
+
+    dep = deployment(small_run, str(tmp_path))
+    assert dep.name == "ioi-tiny"
+    assert dep.parameters["run"]["prior"]["n_train"] == 300
+    assert "run" in dep._parameter_openapi_schema.properties  # the UI's form
