@@ -85,7 +85,9 @@ def compute_results(
         refusal = float(1 - part["accepted"].mean())
         examples = part["example_id"].to_numpy()
         used = sorted(set(examples.tolist()))
-        ref_part = part.select("example_id").join(ref, on="example_id", how="left")
+        ref_part = part.select("example_id").join(
+            ref, on="example_id", how="left", maintain_order="left"
+        )
         for f in features:
             est = estimate_fcr(
                 examples,

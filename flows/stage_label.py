@@ -121,10 +121,12 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
         )
     features = sorted(specs)
     write_parquet_atomic(
-        samples.join(table, on="text", how="left").drop("text"), out / "labels.parquet"
+        samples.join(table, on="text", how="left", maintain_order="left").drop("text"),
+        out / "labels.parquet",
     )
     write_parquet_atomic(
-        refs.join(table, on="text", how="left").drop("text"), out / "reference.parquet"
+        refs.join(table, on="text", how="left", maintain_order="left").drop("text"),
+        out / "reference.parquet",
     )
     return {"features": per_feature, "feature_names": features}
 
