@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from types import ModuleType
 
-TASKS: tuple[str, ...] = ("ioi",)
+TASKS: tuple[str, ...] = ("ioi", "icl")
 
 
 def task_module_name(task: str) -> str:

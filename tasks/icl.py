@@ -1,0 +1,116 @@
+"""In-context learning (ICL): 4-shot word translation, as in the paper's Gemma-2 experiment.
+
+    "Input: dog, Output: chien\nInput: cat, Output: chat\n ... Input: water, Output:"
+
+Six directions: English -> French / Italian / Spanish and back. Word pairs come from the
+package's list (``data/icl_words.csv``: one row per concept, a single word in each language,
+no word twice within a language) or from a user's CSV with the same columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections.abc import Callable, Hashable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+NAME = "icl"
+LANGUAGES = ("english", "french", "italian", "spanish")
+DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
+    [("english", lang) for lang in LANGUAGES[1:]] + [(lang, "english") for lang in LANGUAGES[1:]]
+)
+SHOTS = 4
+_PAIR = re.compile(r"Input: (?P<src>[^\s,]+), Output: (?P<tgt>[^\s,]+)")
+_PROMPT = re.compile(
+    r"(?P<demos>(?:Input: [^\s,]+, Output: [^\s,]+\n)+)Input: (?P<query>[^\s,]+), Output:"
+)
+
+
+def direction_name(direction: tuple[str, str]) -> str:
+    return f"{direction[0]}->{direction[1]}"
+
+
+@cache
+def load_words(path: str | None = None) -> tuple[dict[str, str], ...]:
+    """Rows of the word list (the packaged one, or a user's CSV with the same columns)."""
+    source = Path(path) if path else Path(str(resources.files(__package__) / "data"))
+    if not path:
+        source = source / "icl_words.csv"
+    with source.open(encoding="utf-8") as f:
+        rows = tuple(csv.DictReader(f))
+    missing = set(LANGUAGES) - set(rows[0] if rows else ())
+    if missing:
+        raise ValueError(f"word list {source}: missing columns {sorted(missing)}")
+    return rows
+
+
+@cache
+def _lexicon(path: str | None = None) -> dict[tuple[str, str], dict[str, str]]:
+    """For each direction, source word -> target word."""
+    rows = load_words(path)
+    return {(s, t): {r[s]: r[t] for r in rows} for s, t in DIRECTIONS}
+
+
+def make_prompt(rng: random.Random, rows=None) -> dict[str, object]:
+    rows = rows or load_words()
+    direction = rng.choice(DIRECTIONS)
+    src, tgt = direction
+    picked = rng.sample(rows, SHOTS + 1)
+    demos = "".join(f"Input: {r[src]}, Output: {r[tgt]}\n" for r in picked[:SHOTS])
+    query = picked[SHOTS]
+    # a wrong answer for the accuracy check: the query's translation into another language
+    other = next(lang for lang in LANGUAGES if lang not in direction)
+    return {
+        "text": f"{demos}Input: {query[src]}, Output:",
+        "task": direction_name(direction),
+        "input": query[src],
+        "answer": " " + query[tgt],
+        "distractor": " " + query[other],
+    }
+
+
+def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and test prompts, deterministic in ``seed``; ``id`` is the row number."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    rows: list[dict] = []
+    while len(rows) < n_train + n_test:
+        row = make_prompt(rng)
+        if row["text"] not in seen:
+            seen.add(row["text"])
+            rows.append(row)
+    test, train = rows[:n_test], rows[n_test:]
+    for split in (train, test):
+        for i, row in enumerate(split):
+            row["id"] = i
+    return train, test
+
+
+def parse(text: str) -> dict[str, str] | None:
+    m = _PROMPT.fullmatch(text.strip())
+    if m is None:
+        return None
+    return {"demos": m.group("demos"), "query": m.group("query")}
+
+
+def task(text: str) -> str | None:
+    """The direction every demonstration is a translation in (``english->french``, ...), or
+    ``None`` when the text is malformed or no single direction fits all demonstrations."""
+    parsed = parse(text)
+    if parsed is None:
+        return None
+    pairs = [(m.group("src"), m.group("tgt")) for m in _PAIR.finditer(parsed["demos"])]
+    fits = [d for d, lex in _lexicon().items() if all(lex.get(s) == t for s, t in pairs)]
+    return direction_name(fits[0]) if len(fits) == 1 else None
+
+
+def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
+    """The word after the last ``Input:``, or ``None`` when the text is malformed."""
+    parsed = parse(text)
+    return None if parsed is None else parsed["query"]
+
+
+FEATURES: dict[str, Callable[[str], Hashable | None]] = {"task": task, "input": input}
