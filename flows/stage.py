@@ -61,11 +61,7 @@ class StageResult:
 
 def stage_key_of(name: str, run: RunConfig) -> str:
     """The key of stage ``name`` for ``run``, through the keys of its inputs (no I/O but source)."""
-    mod = stage_module(name)
-    modules, files = mod.extra_code(run)
-    code = code_hash((mod.__name__, *modules), tuple(files))
-    inputs = {inp: stage_key_of(inp, run) for inp in mod.INPUTS}
-    return stage_key(name, mod.config_of(run), inputs, code)
+    return run_keys(run, (name,))[name]
 
 
 def seed_everything(seed: int) -> None:
@@ -78,15 +74,22 @@ def seed_everything(seed: int) -> None:
 
 
 def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, str]:
-    """Keys of ``names`` and of everything they read, computed once: a flow takes this snapshot
-    at its start, so source edited while it runs cannot split one run across two keys."""
+    """Keys of ``names`` and of everything they read, each computed once. A key hashes the
+    stage's config, its inputs' keys and its source closure. A flow takes this snapshot at its
+    start, so source edited while it runs cannot split one run across two keys."""
     keys: dict[str, str] = {}
-    todo = list(names)
-    while todo:
-        name = todo.pop()
+
+    def key(name: str) -> str:
         if name not in keys:
-            keys[name] = stage_key_of(name, run)
-            todo.extend(stage_module(name).INPUTS)
+            mod = stage_module(name)
+            modules, files = mod.extra_code(run)
+            code = code_hash((mod.__name__, *modules), tuple(files))
+            inputs = {inp: key(inp) for inp in mod.INPUTS}
+            keys[name] = stage_key(name, mod.config_of(run), inputs, code)
+        return keys[name]
+
+    for name in names:
+        key(name)
     return keys
 
 

@@ -31,7 +31,11 @@ def _module_file(name: str) -> Path | None:
 
 
 def _imports(path: Path, module: str) -> set[str]:
-    """Project modules imported by the source at ``path`` (absolute or relative imports)."""
+    """Project modules imported by the source at ``path`` (absolute or relative imports).
+
+    ``from pkg import name`` counts ``pkg.name`` only when ``pkg`` is a package: looking up
+    ``module.attribute`` would import ``module`` (and torch with it) just to find out.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     is_pkg = path.name == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
@@ -44,9 +48,18 @@ def _imports(path: Path, module: str) -> set[str]:
             if node.level:
                 base = importlib.util.resolve_name("." * node.level + base, package)
             found.add(base)
-            # `from pkg import submodule` imports a module too.
-            found.update(f"{base}.{a.name}" for a in node.names)
-    return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
+            if _is_project(base) and _is_package(base):
+                found.update(f"{base}.{a.name}" for a in node.names)
+    return {m for m in found if _is_project(m)}
+
+
+def _is_project(name: str) -> bool:
+    return name == PACKAGE or name.startswith(PACKAGE + ".")
+
+
+def _is_package(name: str) -> bool:
+    path = _module_file(name)
+    return path is not None and path.name == "__init__.py"
 
 
 def _runtime_nodes(tree: ast.AST):
