@@ -64,8 +64,6 @@ class Sampler:
     """Draws samples for (z_hat, site) conditions with the configured method."""
 
     def __init__(self, run: RunConfig, inputs: dict[str, Artifact], device: str, d_site: int):
-        from inversescope.core.noise import NoiseSampler
-
         self.run = run
         self.method = run.sample.method
         self.backbone, self.tokenizer = load_backbone(inputs["backbone"], device)
@@ -75,19 +73,26 @@ class Sampler:
             if self.method == "prior"
             else load_controls(run, inputs["controls"], self.backbone, d_site)
         )
+        self.d_site = d_site
+        self.device = device
+
+    def start_site(self, site: str) -> None:
+        """Fresh random streams, seeded by (seed, site): a site's samples do not depend on which
+        sites ran before it, so a resumed stage reproduces an uninterrupted one."""
+        from inversescope.core.noise import NoiseSampler
+
+        seed = site_seed(self.run.seed, site)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        k = self.run.kernel  # InversionView's protocol: Gaussian noise of scale ε at sampling
         self.iv_noise = NoiseSampler(
-            "gaussian",
-            d_site,
-            run.kernel.epsilon,
-            run.kernel.delta,
-            scale=run.kernel.epsilon,
-            seed=run.seed,
+            "gaussian", self.d_site, k.epsilon, k.delta, scale=k.epsilon, seed=seed
         )
 
     @torch.no_grad()
-    def draw(self, z: torch.Tensor, site_idx: torch.Tensor, gen: torch.Generator) -> list[str]:
+    def draw(self, z: torch.Tensor, site_idx: torch.Tensor) -> list[str]:
         from inversescope.core.sampling import decode, sample_tokens
 
+        gen = self.gen
         s = self.run.sample
         n = z.shape[0]
         z = z.to(self.backbone.device)
@@ -145,12 +150,12 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
         z_ref = store.read("test", site, 0, s.n_examples)  # (n_examples, d)
         example = np.repeat(np.arange(s.n_examples), s.k)
         z_all = z_ref[example]  # (n_examples * k, d)
-        gen = torch.Generator(device=device).manual_seed(site_seed(run.seed, site))
+        sampler.start_site(site)
         texts: list[str] = []
         for b in range(0, len(example), s.batch_size):
             z = torch.from_numpy(z_all[b : b + s.batch_size])
             t0 = time.perf_counter()
-            texts += sampler.draw(z, torch.full((len(z),), site_i), gen)
+            texts += sampler.draw(z, torch.full((len(z),), site_i))
             gen_seconds += time.perf_counter() - t0
             n_generated += len(z)
             progress.update(len(z))

@@ -35,6 +35,11 @@ def test_example_and_malformed():
     assert icl.task(back) == "spanish->english"
     mixed = "Input: dog, Output: chien\nInput: cat, Output: gatto\nInput: water, Output:"
     assert icl.task(mixed) is None and icl.input(mixed) == "water"
-    for bad in ["", "Input: dog, Output:", "Input: dog, Output: chien\nInput: water",
-                "hello world", "Input: dog, Output: chien\nInput: water, Output: eau"]:
+    for bad in [
+        "",
+        "Input: dog, Output:",
+        "Input: dog, Output: chien\nInput: water",
+        "hello world",
+        "Input: dog, Output: chien\nInput: water, Output: eau",
+    ]:
         assert icl.task(bad) is None and icl.input(bad) is None, bad

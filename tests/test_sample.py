@@ -71,8 +71,9 @@ def test_methods_have_their_own_controls(workdir, small):
     assert len(set(keys.values())) == 3
 
 
-def test_sampling_is_reproducible_and_resumes(tmp_path, workdir, small):
-    run = load_run_config("ioi-tiny", small)
+@pytest.mark.parametrize("method", ["inversescope", "inversionview"])
+def test_sampling_is_reproducible_and_resumes(tmp_path, workdir, small, method):
+    run = load_run_config("ioi-tiny", [*small, f"sample.method={method}"])
     first = read_samples(run_all(run, workdir)["sample"].path)
     # a fresh workdir reproduces the samples exactly from the seed
     again = read_samples(run_all(run, tmp_path)["sample"].path)
