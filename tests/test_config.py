@@ -45,7 +45,11 @@ def test_yaml_file_over_a_preset(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "overrides", "message"),
     [
-        ("no-such-preset", [], "unknown preset 'no-such-preset'; accepted: icl-gemma2-2b, ioi-gpt2, ioi-tiny or a YAML"),
+        (
+            "no-such-preset",
+            [],
+            "unknown preset 'no-such-preset'; accepted: icl-gemma2-2b, ioi-gpt2, ioi-tiny",
+        ),
         ("missing.yaml", [], "config file 'missing.yaml' does not exist"),
         ("ioi-tiny", ["kernel.epsilon=0"], "epsilon=0.0 must be > 0"),
         ("ioi-tiny", ["kernel.epsilon=-1"], "epsilon=-1.0 must be > 0"),

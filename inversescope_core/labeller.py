@@ -1,0 +1,84 @@
+"""A feature function backed by a local causal LM: it picks one label from a fixed set by
+comparing the log-likelihood of each candidate as the continuation of a prompt.
+
+    prompt   = template.format(input=text)
+    score(c) = mean over c's tokens of log p(token | prompt, earlier tokens of c)
+    label    = argmax_c score(c)
+
+All (input, candidate) pairs of a call run in batches. Results are memoised in a mapping keyed
+by (model id, template, candidates, input), so a persistent mapping makes relabelling free.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+class LikelihoodLabeller:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        template: str,
+        labels: list[str],
+        model_id: str,
+        batch_size: int = 16,
+        cache: MutableMapping[str, str] | None = None,
+    ):
+        if "{input}" not in template:
+            raise ValueError(f"labeller template {template!r} has no {{input}} field")
+        if len(set(labels)) < 2:
+            raise ValueError(f"labeller needs at least two distinct labels, got {labels}")
+        self.model, self.tokenizer = model, tokenizer
+        self.template, self.labels, self.model_id = template, list(labels), model_id
+        self.batch_size = batch_size
+        self.cache: MutableMapping[str, str] = {} if cache is None else cache
+
+    def key(self, text: str) -> str:
+        payload = "\x1f".join([self.model_id, self.template, *self.labels, text])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def __call__(self, text: str) -> str:
+        return self.label_many([text])[0]
+
+    def label_many(self, texts: list[str]) -> list[str]:
+        todo = sorted({t for t in texts if self.key(t) not in self.cache})
+        if todo:
+            scores = self.scores(todo)  # (N, C)
+            for text, row in zip(todo, scores.argmax(dim=1).tolist(), strict=True):
+                self.cache[self.key(text)] = self.labels[row]
+        return [self.cache[self.key(t)] for t in texts]
+
+    @torch.no_grad()
+    def scores(self, texts: list[str]) -> torch.Tensor:
+        """Mean token log-likelihood of each label after each prompt.  # (N, C)"""
+        device = next(self.model.parameters()).device
+        pairs = [(t, c) for t in texts for c in range(len(self.labels))]
+        out = torch.empty(len(pairs))
+        for b in range(0, len(pairs), self.batch_size):
+            chunk = pairs[b : b + self.batch_size]
+            prompts = [self.tokenizer(self.template.format(input=t))["input_ids"] for t, _ in chunk]
+            conts = [
+                self.tokenizer(" " + self.labels[c], add_special_tokens=False)["input_ids"]
+                for _, c in chunk
+            ]
+            seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
+            width = max(map(len, seqs))
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, s in enumerate(seqs):
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+            logp = torch.log_softmax(
+                self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(),
+                dim=-1,
+            ).cpu()  # (B, T, V)
+            for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
+                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting c
+                out[b + i] = logp[i, pos, torch.tensor(c)].mean()
+        return out.view(len(texts), len(self.labels))
