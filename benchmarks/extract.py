@@ -11,13 +11,12 @@ Zarr store. Writes benchmarks/out/extract.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from _common import best_of, write_result
 
 from inversescope.core.extract import SiteReader
 from inversescope.core.models import pick_device
@@ -27,15 +26,6 @@ from inversescope.flows.stage_extract import extract_to_store
 from inversescope.flows.stage_prior import read_split
 from inversescope.flows.stage_target import load_target
 from inversescope.storage.artifacts import ArtifactStore
-
-
-def _time(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -74,9 +64,9 @@ def main() -> None:
             extract_to_store(model, tokenizer, {"train": texts}, run.extract, Path(tmp), "bench")
 
     bare(), read_sites()  # warm-up
-    t_bare = _time(bare, args.repeats)
-    t_read = _time(read_sites, args.repeats)
-    t_stage = _time(whole_stage, args.repeats)
+    t_bare = best_of(bare, args.repeats)
+    t_read = best_of(read_sites, args.repeats)
+    t_stage = best_of(whole_stage, args.repeats)
     n = len(texts)
     result = {
         "preset": args.preset,
@@ -94,10 +84,7 @@ def main() -> None:
         "note": "ratios are throughput relative to the bare forward pass (>1 is faster); the bare "
         "pass runs all layers, extraction tokenizes inside and stops after the deepest site",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

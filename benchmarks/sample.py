@@ -11,11 +11,10 @@ Builds (or reuses) the preset's artifacts up to ``controls`` (method inversescop
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import torch
+from _common import best_of, write_result
 
 from inversescope.core.models import pick_device
 from inversescope.core.sampling import sample_tokens
@@ -25,15 +24,6 @@ from inversescope.flows.stage_backbone import load_backbone
 from inversescope.flows.stage_controls import load_controls
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:
@@ -104,10 +94,7 @@ def main() -> None:
         "plain_loop_over_generate": t_hf / t_plain,
         "note": "ratios are throughput relative to backbone.generate (>1 is faster)",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

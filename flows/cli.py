@@ -35,14 +35,10 @@ RESULT_COLUMNS = [
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inversescope", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the pipeline of a preset or YAML config")
-    run.add_argument("config", help="preset name (see `inversescope presets`) or YAML file")
-    run.add_argument("--workdir", default="runs", help="artifact directory (default: runs)")
-    run.add_argument("--until", default=None, help="last stage to run")
-    run.add_argument(
+def _add_config_args(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("--workdir", default="runs", help="artifact directory (default: runs)")
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -50,22 +46,21 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECTION.FIELD=VALUE",
         help="override a config field (repeatable)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inversescope", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline of a preset or YAML config")
+    _add_config_args(run, "preset name (see `inversescope presets`) or YAML file")
+    run.add_argument("--until", default=None, help="last stage to run")
     run.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     srv = sub.add_parser(
         "serve",
         help="serve the pipeline as a Prefect deployment (schedule it "
         "from the UI of the server named by PREFECT_API_URL)",
     )
-    srv.add_argument("config", help="preset name or YAML file: the deployment's defaults")
-    srv.add_argument("--workdir", default="runs", help="artifact directory (default: runs)")
-    srv.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field (repeatable)",
-    )
+    _add_config_args(srv, "preset name or YAML file: the deployment's defaults")
     sub.add_parser("presets", help="list the presets that ship with the package")
     res = sub.add_parser("results", help="print the FCR table of the latest run under WORKDIR")
     res.add_argument("workdir")

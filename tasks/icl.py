@@ -17,6 +17,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
+from inversescope.tasks.splits import unique_splits
+
 NAME = "icl"
 LANGUAGES = ("english", "french", "italian", "spanish")
 DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
@@ -74,19 +76,7 @@ def make_prompt(rng: random.Random, rows=None) -> dict[str, object]:
 
 def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test prompts, deterministic in ``seed``; ``id`` is the row number."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    rows: list[dict] = []
-    while len(rows) < n_train + n_test:
-        row = make_prompt(rng)
-        if row["text"] not in seen:
-            seen.add(row["text"])
-            rows.append(row)
-    test, train = rows[:n_test], rows[n_test:]
-    for split in (train, test):
-        for i, row in enumerate(split):
-            row["id"] = i
-    return train, test
+    return unique_splits(make_prompt, n_train, n_test, seed)
 
 
 def parse(text: str) -> dict[str, str] | None:

@@ -16,6 +16,8 @@ import random
 import re
 from collections.abc import Callable, Hashable
 
+from inversescope.tasks.splits import unique_splits
+
 NAME = "ioi"
 
 TEMPLATES: tuple[str, ...] = (
@@ -171,26 +173,13 @@ def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], li
 
     Returns two lists of row dicts; ``id`` is the row number within its split.
     """
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    rows: list[dict] = []
     capacity = len(TEMPLATES) * 2 * len(NAMES) * (len(NAMES) - 1) * len(PLACES) * len(OBJECTS)
     if n_train + n_test > capacity // 4:
         raise ValueError(
             f"ioi prior: n_train + n_test = {n_train + n_test} is too many distinct prompts; "
             f"at most {capacity // 4} are accepted"
         )
-    while len(rows) < n_train + n_test:
-        row = make_prompt(rng)
-        if row["text"] in seen:
-            continue
-        seen.add(row["text"])
-        rows.append(row)
-    test, train = rows[:n_test], rows[n_test:]
-    for split in (train, test):
-        for i, row in enumerate(split):
-            row["id"] = i
-    return train, test
+    return unique_splits(make_prompt, n_train, n_test, seed)
 
 
 def parse(text: str) -> dict[str, str] | None:
