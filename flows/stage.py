@@ -2,9 +2,10 @@
 commit atomically.
 
 A stage module defines ``NAME``, ``INPUTS`` (upstream stage names), ``RESUMABLE``,
-``config_of(run) -> dict`` (what of the run config it depends on), ``extra_code(run)`` (modules
-or files beyond its own import closure) and ``build(run, inputs, out) -> dict`` (manifest
-metrics). The key of a stage = hash(config_of, upstream keys, source closure).
+``config_of(run) -> dict`` (what of the run config it depends on), ``build(run, inputs, out)
+-> dict`` (manifest metrics) and, where it runs code outside its import closure (a task module),
+``extra_code(run) -> (modules, files)``.
+The key of a stage = hash(config_of, upstream keys, source closure).
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, 
     def key(name: str) -> str:
         if name not in keys:
             mod = stage_module(name)
-            modules, files = mod.extra_code(run)
+            extra = getattr(mod, "extra_code", None)
+            modules, files = extra(run) if extra else ((), ())
             code = code_hash((mod.__name__, *modules), tuple(files))
             inputs = {inp: key(inp) for inp in mod.INPUTS}
             keys[name] = stage_key(name, mod.config_of(run), inputs, code)

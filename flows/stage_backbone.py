@@ -31,10 +31,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return cfg
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
     from inversescope.core.lm_training import mean_loss, text_batches, train_causal_lm
     from inversescope.core.models import build_tiny_gpt2, load_model, load_tokenizer, pick_device

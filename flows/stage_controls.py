@@ -55,10 +55,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def build_model(run: RunConfig, backbone, d_site: int) -> torch.nn.Module:
     from inversescope.core.generator import ConditionalGenerator
     from inversescope.core.inversionview import InversionViewDecoder

@@ -31,10 +31,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return run.extract.model_dump(mode="json")
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
     from inversescope.core.models import pick_device
 

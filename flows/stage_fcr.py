@@ -61,10 +61,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def compute_results(
     samples: pl.DataFrame,
     labels: pl.DataFrame,

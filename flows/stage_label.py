@@ -47,10 +47,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def apply_feature(fn, texts: list[str]) -> tuple[list[str | None], int, str | None]:
     """(labels, number of inputs that raised, first traceback)."""
     labels: list[str | None] = []

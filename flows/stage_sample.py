@@ -44,10 +44,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def site_seed(seed: int, site: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{site}".encode()).digest()[:8], "little") >> 1
 

@@ -41,10 +41,6 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return {"seed": run.seed, **t.model_dump(mode="json", exclude={"name", "revision", "path"})}
 
 
-def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
-    return (), ()
-
-
 def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
     t = run.target
     if t.source == "train":
