@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,6 +20,7 @@ from inversescope.core.config import (
     FcrConfig,
     KernelConfig,
     LabelConfig,
+    LabellerConfig,
     PriorConfig,
     SampleConfig,
     TargetConfig,
@@ -38,9 +39,14 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str | None = Field(None, description="Preset this run started from.")
-    task: str = Field(description="Interpretability task: ioi.")
+    task: str = Field(description="Interpretability task: ioi, icl or refusal.")
     seed: int = Field(0, description="Seed of the prior and of every training stage.")
     device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Compute dtype of the models only read (target, labeller): auto = bfloat16 "
+        "on a GPU that supports it, float32 otherwise. Trained models stay float32.",
+    )
     prior: PriorConfig = Field(default_factory=PriorConfig, description="Stage prior.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Stage target.")
     extract: ExtractConfig = Field(description="Stage extract.")
@@ -52,6 +58,11 @@ class RunConfig(BaseModel):
         default_factory=dict,
         description="Your feature functions: {name: 'package.module:function' or "
         "'/path/to/file.py:function'}, beside the task's built-in ones.",
+    )
+    labeller: LabellerConfig | None = Field(
+        None,
+        description="The causal LM behind labeller-backed features (refusal: reason, method); "
+        "none: those features are not computed.",
     )
     label: LabelConfig = Field(default_factory=LabelConfig, description="Stage label.")
     fcr: FcrConfig = Field(default_factory=FcrConfig, description="Stage fcr.")
@@ -189,12 +200,22 @@ def check_run(run: RunConfig) -> None:
         check_sites(run.extract.sites, dims)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    from inversescope.tasks import load_task, resolve_data_file
     from inversescope.tasks.features import resolve_features
 
     try:
-        resolve_features(run.task, run.features)
+        files = [resolve_data_file(f) for f in run.prior.files]
+        check_files = getattr(load_task(run.task), "check_files", None)
+        if check_files is not None:
+            check_files(files)
+        elif files:
+            raise ValueError(f"task {run.task} takes no prior.files, got {run.prior.files}")
+        resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    lab = run.labeller
+    if lab is not None and lab.source == "local" and not (lab.path / "config.json").is_file():
+        raise ConfigError(f"labeller.path {str(lab.path)!r} has no config.json (missing file)")
     missing = sorted(set(run.sample_sites) - set(run.extract.sites))
     if missing:
         raise ConfigError(

@@ -16,6 +16,7 @@ from inversescope.flows.stage_prior import SPLITS, read_split
 from inversescope.flows.stage_target import load_target
 from inversescope.storage.activations import STORE, ActivationWriter
 from inversescope.storage.artifacts import Artifact
+from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
@@ -32,27 +33,40 @@ def config_of(run: RunConfig) -> dict[str, Any]:
 
 
 def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-    from inversescope.core.models import pick_device
+    from inversescope.core.models import pick_device, pick_dtype
 
-    model, tokenizer = load_target(inputs["target"], pick_device(run.device))
+    device = pick_device(run.device)
+    model, tokenizer = load_target(inputs["target"], device, pick_dtype(run.dtype, device))
     texts = {split: read_split(inputs["prior"], split)["text"].to_list() for split in SPLITS}
-    return extract_to_store(model, tokenizer, texts, run.extract, out, inputs["target"].key)
+    render = task_renderer(run.task, tokenizer)
+    return extract_to_store(
+        model, tokenizer, texts, run.extract, out, inputs["target"].key, render=render
+    )
 
 
 def extract_to_store(
-    model, tokenizer, texts: dict[str, list[str]], cfg, out: Path, model_ref: str, on_chunk=None
+    model,
+    tokenizer,
+    texts: dict[str, list[str]],
+    cfg,
+    out: Path,
+    model_ref: str,
+    on_chunk=None,
+    render=None,
 ) -> dict[str, Any]:
-    """Read ``cfg.sites`` for every text of every split into ``out/activations.zarr``.
+    """Read ``cfg.sites`` for every text of every split into ``out/activations.zarr``
+    (``render``: the string the target reads for a text, default the text itself).
 
     ``on_chunk(split, stop)`` is called after each committed chunk.
     """
     from inversescope.core.extract import SiteReader
     from inversescope.core.progress import Progress
 
-    reader = SiteReader(model, tokenizer, cfg.sites)
+    reader = SiteReader(model, tokenizer, cfg.sites, render=render)
     d = reader.dims.d_model
     attrs = {
         "position": cfg.position,
+        "rendered": render is not None,
         "model": getattr(model.config, "_name_or_path", "") or model_ref,
         "target_key": model_ref,
         "architecture": reader.dims.architecture,

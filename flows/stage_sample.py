@@ -23,6 +23,7 @@ from inversescope.flows.stage_target import load_target
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import Artifact
 from inversescope.storage.tables import write_parquet_atomic
+from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
@@ -123,7 +124,7 @@ def measure(reader, texts: list[str], z_hat: np.ndarray, site: str, batch: int) 
 
 def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
     from inversescope.core.extract import SiteReader
-    from inversescope.core.models import pick_device
+    from inversescope.core.models import pick_device, pick_dtype
     from inversescope.core.progress import Progress
 
     s, eps = run.sample, run.kernel.epsilon
@@ -132,7 +133,8 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
     sites = run.sample_sites
     d_site = int(store.array("test", sites[0]).shape[1])
     sampler = Sampler(run, inputs, device, d_site)
-    target, target_tok = load_target(inputs["target"], device)
+    target, target_tok = load_target(inputs["target"], device, pick_dtype(run.dtype, device))
+    render = task_renderer(run.task, target_tok)
     (out / SAMPLES).mkdir(exist_ok=True)
     todo = [site for site in sites if not (out / SAMPLES / f"{site}.parquet").exists()]
     if len(todo) < len(sites):
@@ -155,7 +157,7 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
             gen_seconds += time.perf_counter() - t0
             n_generated += len(z)
             progress.update(len(z))
-        reader = SiteReader(target, target_tok, [site])
+        reader = SiteReader(target, target_tok, [site], render=render)
         dist = measure(reader, texts, z_all, site, run.extract.batch_size)
         df = pl.DataFrame(
             {

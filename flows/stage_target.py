@@ -16,6 +16,7 @@ from inversescope.flows.errors import StageError
 from inversescope.flows.stage_prior import read_split
 from inversescope.storage.artifacts import Artifact, write_json_atomic
 from inversescope.storage.keys import file_fingerprint
+from inversescope.tasks import load_task, task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
@@ -61,12 +62,18 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
     from inversescope.core.tokenizer import train_bpe_tokenizer
 
     t = run.target
+    task = load_task(run.task)
     train = read_split(prior, "train")
     test = read_split(prior, "test")
     n_val = min(VAL_ROWS, len(train) // 10)
     fit, val = train[n_val:], train[:n_val]
-    full = [p + a for p, a in zip(fit["text"], fit["answer"], strict=True)]
-    tokenizer = train_bpe_tokenizer(full, t.arch.vocab_size)
+    tokenizer = train_bpe_tokenizer(
+        [p + a for p, a in zip(fit["text"], fit["answer"], strict=True)], t.arch.vocab_size
+    )
+    if hasattr(task, "CHAT_TEMPLATE"):
+        tokenizer.chat_template = task.CHAT_TEMPLATE
+    render = task_renderer(run.task, tokenizer) or (lambda text: text)
+    full = [render(p) + a for p, a in zip(fit["text"], fit["answer"], strict=True)]
     model = build_tiny_gpt2(t.arch, len(tokenizer), tokenizer.eos_token_id)
     model.to(pick_device(run.device))
     longest = max(len(tokenizer(x)["input_ids"]) for x in full) + 2
@@ -80,7 +87,7 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
         return answer_accuracy(
             model,
             tokenizer,
-            rows["text"].to_list(),
+            [render(p) for p in rows["text"]],
             rows["answer"].to_list(),
             rows["distractor"].to_list(),
         )
@@ -116,16 +123,21 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
     }
 
 
-def load_target(artifact: Artifact, device: str = "cpu"):
-    """(model, tokenizer) of a target artifact, wherever the weights live."""
+def load_target(artifact: Artifact, device: str = "cpu", dtype=None):
+    """(model, tokenizer) of a target artifact, wherever the weights live (``dtype``: a torch
+    dtype, default float32)."""
     from inversescope.core.models import load_model, load_tokenizer
 
     ref = json.loads((artifact.path / TARGET_FILE).read_text(encoding="utf-8"))
     if ref["source"] == "train":
         return (
-            load_model(artifact.path / "model", device=device),
+            load_model(artifact.path / "model", device=device, dtype=dtype),
             load_tokenizer(artifact.path / "tokenizer"),
         )
     where = ref["path"] or ref["name"]
     revision = ref["revision"] if ref["source"] == "hub" else None
-    return load_model(where, revision, device=device), load_tokenizer(where, revision)
+    return (
+        load_model(where, revision, device=device, dtype=dtype),
+        load_tokenizer(where, revision),
+    )
+

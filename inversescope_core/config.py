@@ -18,10 +18,22 @@ class StageConfig(BaseModel):
 
 
 class PriorConfig(StageConfig):
-    """The task's prompt prior: how many prompts of each split."""
+    """The task's prompt prior: how many prompts of each split, and the task's data files."""
 
     n_train: int = Field(10_000, gt=0, description="Number of training prompts.")
     n_test: int = Field(500, gt=0, description="Number of held-out test prompts.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Task data files: a path, or data:NAME for a file shipped with the package. "
+        "icl: one word-list CSV (columns english,french,italian,spanish; default the shipped "
+        "list); refusal: query files, CSV or JSONL with text, harmful and optional source.",
+    )
+    max_tokens: int = Field(
+        60,
+        gt=0,
+        description="refusal: drop queries longer than this many tokens of the target's "
+        "tokenizer (a target trained here is bounded by its n_positions instead).",
+    )
 
 
 class TinyModelConfig(StageConfig):
@@ -187,6 +199,34 @@ class ControlsConfig(StageConfig):
         description="Schedule (paper: AdamW, lr 1e-5, 1000 warm-up steps).",
     )
     iv_hidden: int = Field(512, gt=0, description="InversionView: residual MLP hidden width.")
+
+
+class LabellerConfig(StageConfig):
+    """The causal LM behind labeller-backed features (refusal's harmfulness of unseen queries,
+    reason and method): it picks a label by comparing candidates' log-likelihoods."""
+
+    source: Literal["hub", "local", "target"] = Field(
+        "hub",
+        description="hub: a model name; local: a save_pretrained directory; target: the "
+        "pipeline's own target model (for smoke tests of small presets: its labels carry no "
+        "meaning).",
+    )
+    name: str | None = Field(None, description="Hub model name (source=hub).")
+    revision: str = Field("main", description="Hub revision (source=hub).")
+    path: Path | None = Field(None, description="Model directory (source=local).")
+    batch_size: int = Field(16, gt=0, description="(input, candidate) pairs per forward pass.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> LabellerConfig:
+        if self.source == "hub" and not self.name:
+            raise ValueError(
+                "labeller.source=hub needs labeller.name (e.g. Qwen/Qwen2-7B-Instruct)"
+            )
+        if self.source == "local" and self.path is None:
+            raise ValueError(
+                "labeller.source=local needs labeller.path (a save_pretrained directory)"
+            )
+        return self
 
 
 class SampleConfig(StageConfig):

@@ -55,13 +55,18 @@ class SiteReader:
     """Reads a fixed list of sites of one model at the last token of each prompt."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sites: list[str]
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        sites: list[str],
+        render: Callable[[str], str] | None = None,
     ):
         self.dims = dims_of(model.config)
         self.sites: list[Site] = check_sites(sites, self.dims)
         self.arch = ARCHITECTURES[self.dims.architecture]
         self.model = model
         self.tokenizer = tokenizer
+        self.render = render
         self.envoy = NNsight(model)
         self.layers = sorted({s.layer for s in self.sites})
         self.need_z = {s.layer for s in self.sites if s.is_head}
@@ -80,7 +85,10 @@ class SiteReader:
         return next(self.model.parameters()).device
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """``tokenizer(text)`` as the tokenizer encodes by default, right-padded into a batch."""
+        """``tokenizer(render(text))`` as the tokenizer encodes by default, right-padded into a
+        batch."""
+        if self.render is not None:
+            texts = [self.render(t) for t in texts]
         self.tokenizer.padding_side = "right"
         enc = self.tokenizer(texts, return_tensors="pt", padding=True)
         return {

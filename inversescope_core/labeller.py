@@ -36,6 +36,10 @@ class LikelihoodLabeller:
         self.model, self.tokenizer = model, tokenizer
         self.template, self.labels, self.model_id = template, list(labels), model_id
         self.batch_size = batch_size
+        cfg = model.config
+        self.max_length = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 1 << 30)
+        )
         self.cache: MutableMapping[str, str] = {} if cache is None else cache
 
     def key(self, text: str) -> str:
@@ -45,13 +49,25 @@ class LikelihoodLabeller:
     def __call__(self, text: str) -> str:
         return self.label_many([text])[0]
 
-    def label_many(self, texts: list[str]) -> list[str]:
+    def label_many(self, texts: list[str], on_progress=None) -> list[str]:
+        """Labels of ``texts``; new ones are scored in groups and written to the cache group by
+        group, so an interrupted call keeps what it computed. ``on_progress(n)`` after each."""
         todo = sorted({t for t in texts if self.key(t) not in self.cache})
-        if todo:
-            scores = self.scores(todo)  # (N, C)
-            for text, row in zip(todo, scores.argmax(dim=1).tolist(), strict=True):
-                self.cache[self.key(text)] = self.labels[row]
-        return [self.cache[self.key(t)] for t in texts]
+        group = max(1, 8 * self.batch_size // len(self.labels))
+        for g in range(0, len(todo), group):
+            chunk = todo[g : g + group]
+            best = self.scores(chunk).argmax(dim=1).tolist()  # (N,)
+            new = {self.key(t): self.labels[i] for t, i in zip(chunk, best, strict=True)}
+            if hasattr(self.cache, "update_many"):
+                self.cache.update_many(new)
+            else:
+                self.cache.update(new)
+            if on_progress is not None:
+                on_progress(len(chunk))
+        memo = {}
+        for t in set(texts):
+            memo[t] = self.cache[self.key(t)]
+        return [memo[t] for t in texts]
 
     @torch.no_grad()
     def scores(self, texts: list[str]) -> torch.Tensor:
@@ -65,6 +81,11 @@ class LikelihoodLabeller:
             conts = [
                 self.tokenizer(" " + self.labels[c], add_special_tokens=False)["input_ids"]
                 for _, c in chunk
+            ]
+            # a prompt longer than the model's context keeps its end (the input and the question)
+            prompts = [
+                p[max(0, len(p) + len(c) - self.max_length) :]
+                for p, c in zip(prompts, conts, strict=True)
             ]
             seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
             width = max(map(len, seqs))

@@ -62,11 +62,17 @@ def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2
 
 
 def load_model(
-    name_or_path: str | Path, revision: str | None = None, device: str = "cpu"
+    name_or_path: str | Path,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> PreTrainedModel:
-    """Load a causal LM in eval mode from a directory or a hub name."""
+    """Load a causal LM in eval mode from a directory or a hub name (in ``dtype``, default
+    float32)."""
     kwargs = {} if revision is None else {"revision": revision}
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(name_or_path), dtype=dtype or torch.float32, **kwargs
+    )
     return model.to(device).eval()
 
 
@@ -79,6 +85,18 @@ def load_tokenizer(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_dtype(requested: str, device: str) -> torch.dtype:
+    """``auto``: bfloat16 on a CUDA device that supports it, else float32."""
+    if requested != "auto":
+        return DTYPES[requested]
+    if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def pick_device(requested: str = "auto") -> str:

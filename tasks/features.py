@@ -3,7 +3,9 @@
 
 A feature function takes an input text and returns a hashable label, or ``None`` where the
 feature is undefined (left out of FCR). Labels are stored as text: strings as they are, other
-values as JSON.
+values as JSON. A task may also define *batch* features, ``fn(texts, context) -> labels``, that
+need the run's context: the prior's own rows (refusal's ``harmfulness`` of a known query), the
+task's data files (icl's word list) or a labeller model (refusal's ``reason`` and ``method``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ import importlib
 import importlib.util
 import json
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from inversescope.tasks import load_task, task_module_name
 
 FeatureFn = Callable[[str], Hashable | None]
+Labeller = Callable[[list[str]], list[str]]
+
+
+@dataclass
+class FeatureContext:
+    """What batch features may use besides the texts."""
+
+    files: tuple[Path, ...] = ()  # the prior's data files
+    prior: dict[str, dict] = field(default_factory=dict)  # text -> its prior row (both splits)
+    # (template with {input}, candidate labels) -> a batched labeller; None without a labeller
+    labeller: Callable[[str, list[str]], Labeller] | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,8 @@ class FeatureSpec:
     name: str
     module: str  # dotted module name, or a .py file path
     function: str
+    batched: bool = False  # fn(texts, context) -> labels
+    needs_labeller: bool = False
 
     @property
     def ref(self) -> str:
@@ -69,10 +84,18 @@ def parse_feature(name: str, ref: str) -> FeatureSpec:
     return FeatureSpec(name, module, function)
 
 
-def resolve_features(task: str, user: dict[str, str]) -> dict[str, FeatureSpec]:
-    """Built-in features of ``task`` plus the user's, each checked to exist and be callable."""
-    builtins = load_task(task).FEATURES
-    specs = {n: FeatureSpec(n, task_module_name(task), f.__name__) for n, f in builtins.items()}
+def resolve_features(
+    task: str, user: dict[str, str], has_labeller: bool = False
+) -> dict[str, FeatureSpec]:
+    """Built-in features of ``task`` (those needing a labeller only when one is configured) plus
+    the user's, each checked to exist and be callable."""
+    module = load_task(task)
+    mod_name = task_module_name(task)
+    specs = {n: FeatureSpec(n, mod_name, f.__name__) for n, f in module.FEATURES.items()}
+    needs = set(getattr(module, "NEEDS_LABELLER", ()))
+    for n, f in getattr(module, "BATCH_FEATURES", {}).items():
+        if n not in needs or has_labeller:
+            specs[n] = FeatureSpec(n, mod_name, f.__name__, batched=True, needs_labeller=n in needs)
     for name, ref in user.items():
         if name in specs:
             raise ValueError(

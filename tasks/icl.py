@@ -16,8 +16,13 @@ from collections.abc import Callable, Hashable
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inversescope.tasks.splits import unique_splits
+
+if TYPE_CHECKING:
+    from inversescope.tasks import PriorOptions
+    from inversescope.tasks.features import FeatureContext
 
 NAME = "icl"
 LANGUAGES = ("english", "french", "italian", "spanish")
@@ -26,6 +31,7 @@ DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
 )
 SHOTS = 4
 _PAIR = re.compile(r"Input: (?P<src>[^\s,]+), Output: (?P<tgt>[^\s,]+)")
+_WORD = re.compile(r"[^\s,]+")
 _PROMPT = re.compile(
     r"(?P<demos>(?:Input: [^\s,]+, Output: [^\s,]+\n)+)Input: (?P<query>[^\s,]+), Output:"
 )
@@ -37,16 +43,40 @@ def direction_name(direction: tuple[str, str]) -> str:
 
 @cache
 def load_words(path: str | None = None) -> tuple[dict[str, str], ...]:
-    """Rows of the word list (the packaged one, or a user's CSV with the same columns)."""
+    """Rows of the word list: the packaged one, or a user's CSV with the same columns. Raises
+    ``ValueError`` naming the file when a column is missing, a cell is not one word, a word occurs
+    twice within a language, or there are fewer rows than a prompt needs."""
     source = Path(path) if path else Path(str(resources.files(__package__) / "data"))
     if not path:
         source = source / "icl_words.csv"
-    with source.open(encoding="utf-8") as f:
-        rows = tuple(csv.DictReader(f))
+    with source.open(encoding="utf-8", newline="") as f:
+        rows = tuple({k: (v or "").strip() for k, v in r.items() if k} for r in csv.DictReader(f))
     missing = set(LANGUAGES) - set(rows[0] if rows else ())
     if missing:
         raise ValueError(f"word list {source}: missing columns {sorted(missing)}")
+    if len(rows) < SHOTS + 1:
+        raise ValueError(f"word list {source}: {len(rows)} rows, a prompt needs {SHOTS + 1}")
+    for lang in LANGUAGES:
+        words = [r[lang] for r in rows]
+        bad = [w for w in words if not _WORD.fullmatch(w)]
+        if bad:
+            raise ValueError(f"word list {source}: {lang} {bad[0]!r} is not a single word")
+        dup = sorted({w for w in words if words.count(w) > 1})
+        if dup:
+            raise ValueError(f"word list {source}: {lang} {dup[0]!r} occurs more than once")
     return rows
+
+
+def check_files(paths: list[Path]) -> None:
+    """At most one word-list CSV, well-formed."""
+    if len(paths) > 1:
+        raise ValueError(f"icl takes at most one word list in prior.files, got {len(paths)}")
+    if paths:
+        load_words(str(paths[0]))
+
+
+def _words_path(files) -> str | None:
+    return str(files[0]) if files else None
 
 
 @cache
@@ -74,9 +104,12 @@ def make_prompt(rng: random.Random, rows=None) -> dict[str, object]:
     }
 
 
-def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
+def generate_prior(
+    n_train: int, n_test: int, seed: int, options: PriorOptions | None = None
+) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test prompts, deterministic in ``seed``; ``id`` is the row number."""
-    return unique_splits(make_prompt, n_train, n_test, seed)
+    rows = load_words(_words_path(options.files if options else ()))
+    return unique_splits(lambda rng: make_prompt(rng, rows), n_train, n_test, seed)
 
 
 def parse(text: str) -> dict[str, str] | None:
@@ -86,15 +119,22 @@ def parse(text: str) -> dict[str, str] | None:
     return {"demos": m.group("demos"), "query": m.group("query")}
 
 
-def task(text: str) -> str | None:
-    """The direction every demonstration is a translation in (``english->french``, ...), or
-    ``None`` when the text is malformed or no single direction fits all demonstrations."""
+def task_of(text: str, words: str | None = None) -> str | None:
+    """The direction every demonstration is a translation in (``english->french``, ...) under
+    the word list ``words`` (default: the shipped one), or ``None`` when the text is malformed
+    or no single direction fits all demonstrations."""
     parsed = parse(text)
     if parsed is None:
         return None
     pairs = [(m.group("src"), m.group("tgt")) for m in _PAIR.finditer(parsed["demos"])]
-    fits = [d for d, lex in _lexicon().items() if all(lex.get(s) == t for s, t in pairs)]
+    fits = [d for d, lex in _lexicon(words).items() if all(lex.get(s) == t for s, t in pairs)]
     return direction_name(fits[0]) if len(fits) == 1 else None
+
+
+def task(texts: list[str], context: FeatureContext) -> list[str | None]:
+    """Feature ``task``: :func:`task_of` under the run's word list."""
+    words = _words_path(context.files)
+    return [task_of(t, words) for t in texts]
 
 
 def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
@@ -103,4 +143,5 @@ def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
     return None if parsed is None else parsed["query"]
 
 
-FEATURES: dict[str, Callable[[str], Hashable | None]] = {"task": task, "input": input}
+FEATURES: dict[str, Callable[[str], Hashable | None]] = {"input": input}
+BATCH_FEATURES = {"task": task}

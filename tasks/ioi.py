@@ -15,8 +15,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from inversescope.tasks.splits import unique_splits
+
+if TYPE_CHECKING:
+    from inversescope.tasks import PriorOptions
 
 NAME = "ioi"
 
@@ -168,7 +172,9 @@ def make_prompt(rng: random.Random) -> dict[str, object]:
     }
 
 
-def generate_prior(n_train: int, n_test: int, seed: int) -> tuple[list[dict], list[dict]]:
+def generate_prior(
+    n_train: int, n_test: int, seed: int, options: PriorOptions | None = None
+) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test prompts (no text in both), deterministic in ``seed``.
 
     Returns two lists of row dicts; ``id`` is the row number within its split.

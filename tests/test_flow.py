@@ -66,3 +66,31 @@ def test_deployment_carries_the_run_config(small_run, tmp_path):
     assert dep.name == "ioi-tiny"
     assert dep.parameters["run"]["prior"]["n_train"] == 300
     assert "run" in dep._parameter_openapi_schema.properties  # the UI's form
+
+
+@pytest.mark.parametrize(
+    ("preset", "features"),
+    [("icl-tiny", {"task", "input"}), ("refusal-tiny", {"harmfulness", "reason", "method"})],
+)
+def test_every_task_runs_end_to_end(prefect_harness, small, preset, features, tmp_path):
+    import polars as pl
+
+    small = [o.replace("n_positions: 64", "n_positions: 96") for o in small]
+    run = load_run_config(preset, small)
+    out = flow_for(run.task)(run, str(tmp_path))["stages"]
+    assert {r["status"] for r in out.values()} == {"ran"}
+    label = json.loads((Path(out["label"]["path"]) / "manifest.json").read_text())
+    assert set(label["metrics"]["feature_names"]) == features
+    results = pl.read_parquet(Path(out["fcr"]["path"]) / "results.parquet")
+    assert set(results["feature"]) == features and set(results["task"]) == {run.task}
+    if run.task == "refusal":
+        from inversescope.storage.label_cache import SqliteCache
+
+        assert len(SqliteCache(tmp_path / "label" / "labeller.sqlite")) > 0
+        reference = pl.read_parquet(Path(out["label"]["path"]) / "reference.parquet")
+        assert reference["harmfulness"].is_not_null().all()  # test prompts carry file labels
+    again = load_run_config(preset, [*small, "label.max_error_share=0.5"])
+    second = flow_for(run.task)(again, str(tmp_path))["stages"]
+    assert second["sample"]["status"] == "cached" and second["label"]["status"] == "ran"
+    relabel = json.loads((Path(second["label"]["path"]) / "manifest.json").read_text())
+    assert all(f["reused"] for f in relabel["metrics"]["features"].values())

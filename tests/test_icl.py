@@ -20,21 +20,21 @@ def test_prior_is_deterministic_disjoint_and_balanced():
 
 def test_features_recover_the_prompt():
     train, _ = icl.generate_prior(600, 10, seed=0)
-    agree = sum(icl.task(r["text"]) == r["task"] for r in train)
+    agree = sum(icl.task_of(r["text"]) == r["task"] for r in train)
     assert agree >= 0.98 * len(train)  # a few demos fit two directions: None
-    assert all(icl.task(r["text"]) in (r["task"], None) for r in train)
+    assert all(icl.task_of(r["text"]) in (r["task"], None) for r in train)
     assert all(icl.input(r["text"]) == r["input"] for r in train)
     assert all(r["text"].count("Input:") == icl.SHOTS + 1 for r in train)
 
 
 def test_example_and_malformed():
     text = "Input: dog, Output: chien\nInput: cat, Output: chat\nInput: water, Output:"
-    assert icl.task(text) == "english->french"
+    assert icl.task_of(text) == "english->french"
     assert icl.input(text) == "water"
     back = "Input: perro, Output: dog\nInput: gato, Output: cat\nInput: agua, Output:"
-    assert icl.task(back) == "spanish->english"
+    assert icl.task_of(back) == "spanish->english"
     mixed = "Input: dog, Output: chien\nInput: cat, Output: gatto\nInput: water, Output:"
-    assert icl.task(mixed) is None and icl.input(mixed) == "water"
+    assert icl.task_of(mixed) is None and icl.input(mixed) == "water"
     for bad in [
         "",
         "Input: dog, Output:",
@@ -42,4 +42,48 @@ def test_example_and_malformed():
         "hello world",
         "Input: dog, Output: chien\nInput: water, Output: eau",
     ]:
-        assert icl.task(bad) is None and icl.input(bad) is None, bad
+        assert icl.task_of(bad) is None and icl.input(bad) is None, bad
+
+
+def write_words(path, rows):
+    path.write_text(
+        "english,french,italian,spanish\n" + "".join(",".join(r) + "\n" for r in rows),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_user_word_list(tmp_path):
+    from inversescope.tasks import PriorOptions
+    from inversescope.tasks.features import FeatureContext
+
+    rows = [(f"e{i}", f"f{i}", f"i{i}", f"s{i}") for i in range(12)]
+    path = write_words(tmp_path / "words.csv", rows)
+    icl.check_files([path])
+    train, test = icl.generate_prior(50, 10, seed=0, options=PriorOptions(files=(path,)))
+    words = {w for r in rows for w in r}
+    for r in train + test:
+        assert r["input"] in words and r["answer"].strip() in words
+    ctx = FeatureContext(files=(path,))
+    got = icl.task([r["text"] for r in train], ctx)
+    assert got == [r["task"] for r in train]  # the user's lexicon decides the direction
+    assert icl.task([train[0]["text"]], FeatureContext()) == [None]  # shipped list: no fit
+
+
+def test_bad_user_word_lists(tmp_path):
+    import pytest
+
+    short = write_words(tmp_path / "short.csv", [("a", "b", "c", "d")])
+    with pytest.raises(ValueError, match="1 rows, a prompt needs 5"):
+        icl.check_files([short])
+    spaced = write_words(
+        tmp_path / "spaced.csv", [(f"e{i}", f"f {i}", f"i{i}", f"s{i}") for i in range(6)]
+    )
+    with pytest.raises(ValueError, match="french 'f 0' is not a single word"):
+        icl.check_files([spaced])
+    missing = tmp_path / "missing.csv"
+    missing.write_text("english,french\na,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="missing columns \\['italian', 'spanish'\\]"):
+        icl.check_files([missing])
+    with pytest.raises(ValueError, match="at most one word list"):
+        icl.check_files([short, spaced])

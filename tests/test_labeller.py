@@ -55,3 +55,32 @@ def test_bad_labeller_config(labeller):
         LikelihoodLabeller(labeller.model, labeller.tokenizer, "no slot", LABELS, "m")
     with pytest.raises(ValueError, match="two distinct labels"):
         LikelihoodLabeller(labeller.model, labeller.tokenizer, TEMPLATE, ["a", "a"], "m")
+
+
+def test_persistent_cache_survives_a_new_labeller(labeller, tmp_path):
+    from inversescope.storage.label_cache import SqliteCache
+
+    path = tmp_path / "memo.sqlite"
+    first = LikelihoodLabeller(
+        labeller.model, labeller.tokenizer, TEMPLATE, LABELS, "tiny", 4, SqliteCache(path)
+    )
+    texts = ["a b", "c", "a b", "d e f"]
+    want = first.label_many(texts)
+    assert want == labeller.label_many(texts)  # same answers as the in-memory memo
+    calls = []
+    labeller.model.register_forward_hook(lambda *a: calls.append(1))
+    again = LikelihoodLabeller(
+        labeller.model, labeller.tokenizer, TEMPLATE, LABELS, "tiny", 4, SqliteCache(path)
+    )
+    assert again.label_many(texts) == want and calls == []
+    assert len(SqliteCache(path)) == 3
+
+
+def test_prompt_longer_than_the_context_keeps_its_end(tiny_tokenizer):
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=24, vocab_size=len(tiny_tokenizer))
+    ).eval()
+    lab = LikelihoodLabeller(model, tiny_tokenizer, TEMPLATE, LABELS, "short", batch_size=2)
+    long_text = " ".join(["Mary and John went to the store"] * 10)
+    scores = lab.scores([long_text])  # would index past 24 positions without truncation
+    assert scores.shape == (1, len(LABELS)) and torch.isfinite(scores).all()

@@ -33,13 +33,21 @@ def tiny_like(name: str, folder):
     return folder
 
 
+# Presets whose prior is the user's own files validate with the shipped benign toy file.
+USER_FILES = {"refusal-llama3-8b": ["prior.files=[data:refusal_toy.jsonl]", "prior.n_train=1000"]}
+
+
 @pytest.mark.parametrize("preset", preset_names())
 def test_preset_validates_against_its_architecture(preset, tmp_path):
-    run = load_run_config(preset)
+    extra = USER_FILES.get(preset, [])
+    if extra:
+        with pytest.raises(ConfigError, match="task refusal needs query files: prior.files="):
+            check_run(load_run_config(preset))
+    run = load_run_config(preset, extra)
     check_run(run)  # offline, hub targets resolve through their known shapes
     if run.target.source == "hub":
         folder = tiny_like(run.target.name, tmp_path / "target")
-        local = load_run_config(preset, ["target.source=local", f"target.path={folder}"])
+        local = load_run_config(preset, [*extra, "target.source=local", f"target.path={folder}"])
         check_run(local)
         dims = HUB_SHAPES[run.target.name]
         check_sites(local.extract.sites, dims)
@@ -54,6 +62,22 @@ def test_ioi_gpt2_is_the_paper_setup():
     assert (run.kernel.kernel, run.kernel.epsilon, run.kernel.delta) == ("hard", 0.1, 0.1)
     with pytest.raises(ConfigError, match="L12H0: layer 12 does not exist"):
         check_run(load_run_config("ioi-gpt2", ["extract.sites=[L12H0]"]))
+
+
+def test_refusal_llama3_8b_is_the_paper_setup():
+    run = load_run_config("refusal-llama3-8b")
+    assert run.task == "refusal" and run.target.name == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert run.extract.sites == [f"L{i}.attn" for i in range(32)]
+    assert (run.backbone.finetune, run.backbone.lora_rank) == ("lora", 8)
+    assert run.labeller is not None and run.labeller.name == "Qwen/Qwen2-7B-Instruct"
+    assert (run.prior.max_tokens, run.dtype) == (60, "auto")
+
+
+def test_small_presets_need_no_hub():
+    for preset in ("ioi-tiny", "icl-tiny", "refusal-tiny"):
+        run = load_run_config(preset)
+        assert run.target.source == run.backbone.source == "train"
+        assert run.labeller is None or run.labeller.source == "target"
 
 
 def test_presets_command_lists_storage(capsys):
