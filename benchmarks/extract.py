@@ -24,7 +24,7 @@ from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.flows.stage_extract import extract_to_store
 from inversescope.flows.stage_prior import read_split
-from inversescope.flows.stage_target import load_target
+from inversescope.flows.stage_target import load_target, target_renderer
 from inversescope.storage.artifacts import ArtifactStore
 
 
@@ -47,7 +47,8 @@ def main() -> None:
     texts = read_split(prior, "train")["text"].to_list()[: args.rows]
     bs = run.extract.batch_size
     batches = [texts[i : i + bs] for i in range(0, len(texts), bs)]
-    reader = SiteReader(model, tokenizer, run.extract.sites)
+    render = target_renderer(run, target, tokenizer)
+    reader = SiteReader(model, tokenizer, run.extract.sites, render=render)
     encoded = [reader.encode(b) for b in batches]
 
     @torch.no_grad()
@@ -61,7 +62,9 @@ def main() -> None:
 
     def whole_stage():
         with tempfile.TemporaryDirectory() as tmp:
-            extract_to_store(model, tokenizer, {"train": texts}, run.extract, Path(tmp), "bench")
+            extract_to_store(
+                model, tokenizer, {"train": texts}, run.extract, Path(tmp), "bench", render=render
+            )
 
     bare(), read_sites()  # warm-up
     t_bare = best_of(bare, args.repeats)

@@ -18,6 +18,8 @@ def _configure_prefect_env() -> None:
     # ephemeral server's) and route our own loggers through Prefect's handlers (stderr + UI).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # the temporary server's default 20 s start-up limit fails on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "inversescope")
     logging.getLogger("inversescope").setLevel(logging.INFO)
 

@@ -13,10 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from inversescope.flows.stage_prior import SPLITS, read_split
-from inversescope.flows.stage_target import load_target
+from inversescope.flows.stage_target import load_target, target_renderer
 from inversescope.storage.activations import STORE, ActivationWriter
 from inversescope.storage.artifacts import Artifact
-from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
@@ -38,7 +37,7 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
     device = pick_device(run.device)
     model, tokenizer = load_target(inputs["target"], device, pick_dtype(run.dtype, device))
     texts = {split: read_split(inputs["prior"], split)["text"].to_list() for split in SPLITS}
-    render = task_renderer(run.task, tokenizer)
+    render = target_renderer(run, inputs["target"], tokenizer)
     return extract_to_store(
         model, tokenizer, texts, run.extract, out, inputs["target"].key, render=render
     )

@@ -19,11 +19,10 @@ import torch
 
 from inversescope.flows.stage_backbone import load_backbone
 from inversescope.flows.stage_controls import load_controls
-from inversescope.flows.stage_target import load_target
+from inversescope.flows.stage_target import load_target, target_renderer
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import Artifact
 from inversescope.storage.tables import write_parquet_atomic
-from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
@@ -37,10 +36,14 @@ SAMPLES = "samples"
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:
+    cfg = run.sample.model_dump(mode="json", exclude={"sites", "iv_noise_scale"})
+    if run.sample.method == "inversionview":
+        scale = run.sample.iv_noise_scale
+        cfg["iv_noise_scale"] = run.kernel.epsilon if scale is None else scale
     return {
         "seed": run.seed,
         "kernel": run.kernel.model_dump(mode="json"),
-        **run.sample.model_dump(mode="json", exclude={"sites"}),
+        **cfg,
         "sites": run.sample_sites,
     }
 
@@ -81,8 +84,14 @@ class Sampler:
         seed = site_seed(self.run.seed, site)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         k = self.run.kernel  # InversionView's protocol: Gaussian noise of scale ε at sampling
+        scale = self.run.sample.iv_noise_scale
         self.iv_noise = NoiseSampler(
-            "gaussian", self.d_site, k.epsilon, k.delta, scale=k.epsilon, seed=seed
+            "gaussian",
+            self.d_site,
+            k.epsilon,
+            k.delta,
+            scale=k.epsilon if scale is None else scale,
+            seed=seed,
         )
 
     @torch.no_grad()
@@ -134,7 +143,7 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
     d_site = int(store.array("test", sites[0]).shape[1])
     sampler = Sampler(run, inputs, device, d_site)
     target, target_tok = load_target(inputs["target"], device, pick_dtype(run.dtype, device))
-    render = task_renderer(run.task, target_tok)
+    render = target_renderer(run, inputs["target"], target_tok)
     (out / SAMPLES).mkdir(exist_ok=True)
     todo = [site for site in sites if not (out / SAMPLES / f"{site}.parquet").exists()]
     if len(todo) < len(sites):

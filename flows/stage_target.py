@@ -74,6 +74,7 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
         tokenizer.chat_template = task.CHAT_TEMPLATE
     render = task_renderer(run.task, tokenizer) or (lambda text: text)
     full = [render(p) + a for p, a in zip(fit["text"], fit["answer"], strict=True)]
+    prefix = tokenizer.eos_token  # text_batches trains on <eos> text <eos>: read it that way too
     model = build_tiny_gpt2(t.arch, len(tokenizer), tokenizer.eos_token_id)
     model.to(pick_device(run.device))
     longest = max(len(tokenizer(x)["input_ids"]) for x in full) + 2
@@ -87,7 +88,7 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
         return answer_accuracy(
             model,
             tokenizer,
-            [render(p) for p in rows["text"]],
+            [prefix + render(p) for p in rows["text"]],
             rows["answer"].to_list(),
             rows["distractor"].to_list(),
         )
@@ -110,7 +111,8 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
     model.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "tokenizer")
     write_json_atomic(
-        out / TARGET_FILE, {"source": "train", "name": None, "revision": None, "path": None}
+        out / TARGET_FILE,
+        {"source": "train", "name": None, "revision": None, "path": None, "prefix": prefix},
     )
     return {
         "test_accuracy": test_acc,
@@ -121,6 +123,18 @@ def _train(run: RunConfig, prior: Artifact, out: Path) -> dict[str, Any]:
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
     }
+
+
+def target_renderer(run: RunConfig, artifact: Artifact, tokenizer):
+    """The string the target reads for an input text: the task's rendering (refusal: the chat
+    template), after the prefix the target was trained with (a target trained here: <eos>).
+    None when the target reads the text itself."""
+    ref = json.loads((artifact.path / TARGET_FILE).read_text(encoding="utf-8"))
+    prefix = ref.get("prefix") or ""
+    render = task_renderer(run.task, tokenizer)
+    if not prefix:
+        return render
+    return lambda text: prefix + (render(text) if render is not None else text)
 
 
 def load_target(artifact: Artifact, device: str = "cpu", dtype=None):

@@ -242,6 +242,12 @@ class SampleConfig(StageConfig):
     k: int = Field(16, gt=0, description="Samples per (reference, site).")
     batch_size: int = Field(256, gt=0, description="Sequences generated at once.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    iv_noise_scale: float | None = Field(
+        None,
+        ge=0,
+        description="inversionview: scale of the Gaussian noise added to z_hat when sampling "
+        "(||r|| / ||z_hat|| on average; default ε, InversionView's protocol).",
+    )
     max_new_tokens: int = Field(40, gt=0, description="Longest sample in backbone tokens.")
 
     @field_validator("sites")

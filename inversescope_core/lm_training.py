@@ -14,7 +14,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from inversescope.core.config import TrainConfig
-from inversescope.core.extract import last_positions
 from inversescope.core.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -111,6 +110,38 @@ def mean_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) ->
 
 
 @torch.no_grad()
+def continuation_logprob(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    continuations: list[str],
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Sum over each continuation's tokens of log p(token | prompt, earlier tokens).  # (N,)"""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = torch.empty(len(prompts))
+    for i in range(0, len(prompts), batch_size):
+        ps = [tokenizer(p)["input_ids"] for p in prompts[i : i + batch_size]]
+        cs = [
+            tokenizer(c, add_special_tokens=False)["input_ids"]
+            for c in continuations[i : i + batch_size]
+        ]
+        width = max(len(p) + len(c) for p, c in zip(ps, cs, strict=True))
+        ids = torch.full((len(ps), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
+            ids[r, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[r, : len(p) + len(c)] = 1
+        logp = torch.log_softmax(
+            model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1
+        ).cpu()  # (B, T, V)
+        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
+            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting c
+            out[i + r] = logp[r, pos, torch.tensor(c)].sum()
+    return out
+
+
 def answer_accuracy(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -119,21 +150,8 @@ def answer_accuracy(
     distractors: list[str],
     batch_size: int = 256,
 ) -> float:
-    """Share of prompts whose next-token logit at the last prompt token is higher for the first
-    token of the answer than for the first token of the distractor (IOI: IO above S)."""
-    device = next(model.parameters()).device
-    tokenizer.padding_side = "right"
-    correct = 0
-    for i in range(0, len(prompts), batch_size):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        rows = torch.arange(logits.shape[0], device=device)
-        last = logits[rows, last_positions(enc["attention_mask"])]  # (B, V)
-        a = torch.tensor(
-            [tokenizer(x)["input_ids"][0] for x in answers[i : i + batch_size]], device=device
-        )
-        d = torch.tensor(
-            [tokenizer(x)["input_ids"][0] for x in distractors[i : i + batch_size]], device=device
-        )
-        correct += int((last[rows, a] > last[rows, d]).sum())
-    return correct / len(prompts)
+    """Share of prompts after which the whole answer is likelier than the whole distractor (IOI:
+    IO above S; for one-token answers the same as comparing next-token logits)."""
+    a = continuation_logprob(model, tokenizer, prompts, answers, batch_size)
+    d = continuation_logprob(model, tokenizer, prompts, distractors, batch_size)
+    return float((a > d).float().mean())

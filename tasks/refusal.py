@@ -187,7 +187,7 @@ def harmfulness(texts: list[str], context: FeatureContext) -> list[str | None]:
     out: list[str | None] = []
     unknown = []
     for t in texts:
-        row = context.prior.get(t)
+        row = context.prior.get(t.strip())
         out.append(None if row is None else (HARMFUL if row["harmful"] else HARMLESS))
         if row is None and t.strip():
             unknown.append(t)

@@ -52,7 +52,9 @@ def test_samples_table_and_recomputed_distance(workdir, method, small):
         if rows.height == 0:
             continue
         z_hat = acts.read("test", site)[rows["example_id"].to_numpy()]
-        own = SiteReader(model, tok, [site]).read(rows["text"].to_list())[site].numpy()
+        # a target trained here reads <eos> + text, the form it was trained on
+        texts = [tok.eos_token + t for t in rows["text"].to_list()]
+        own = SiteReader(model, tok, [site]).read(texts)[site].numpy()
         np.testing.assert_allclose(
             rows["distance"].to_numpy(), cosine_distance(own, z_hat), rtol=1e-5, atol=1e-6
         )
