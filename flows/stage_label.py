@@ -177,32 +177,27 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
         if path.exists():
             labels = pl.read_parquet(path)
             info = {"reused": True, **labels.select(pl.col("errors").first()).row(0, named=True)}
-        elif spec.batched:
-            context = context or feature_context(run, inputs, cache_dir)
-            values = apply_batch_feature(spec, spec.load(), texts, context)
-            labels = pl.DataFrame(
-                {"text": texts, "label": values, "errors": [0] * len(texts)},
-                schema={"text": pl.String, "label": pl.String, "errors": pl.Int64},
-            )
-            write_parquet_atomic(labels, path)
-            info = {"reused": False, "errors": 0}
         else:
-            values, errors, first = apply_feature(spec.load(), texts)
-            share = errors / len(texts) if texts else 0.0
-            if share > run.label.max_error_share:
-                raise StageError(
-                    f"feature {name!r} ({spec.ref}) raised on {errors} of {len(texts)} inputs "
-                    f"({share:.1%} > label.max_error_share={run.label.max_error_share}); "
-                    f"first error:\n{first}"
-                )
-            if errors:
-                log.warning(
-                    "label: feature %s raised on %d of %d inputs; first error:\n%s",
-                    name,
-                    errors,
-                    len(texts),
-                    first,
-                )
+            if spec.batched:
+                context = context or feature_context(run, inputs, cache_dir)
+                values, errors = apply_batch_feature(spec, spec.load(), texts, context), 0
+            else:
+                values, errors, first = apply_feature(spec.load(), texts)
+                share = errors / len(texts) if texts else 0.0
+                if share > run.label.max_error_share:
+                    raise StageError(
+                        f"feature {name!r} ({spec.ref}) raised on {errors} of {len(texts)} "
+                        f"inputs ({share:.1%} > label.max_error_share="
+                        f"{run.label.max_error_share}); first error:\n{first}"
+                    )
+                if errors:
+                    log.warning(
+                        "label: feature %s raised on %d of %d inputs; first error:\n%s",
+                        name,
+                        errors,
+                        len(texts),
+                        first,
+                    )
             labels = pl.DataFrame(
                 {"text": texts, "label": values, "errors": [errors] * len(texts)},
                 schema={"text": pl.String, "label": pl.String, "errors": pl.Int64},
