@@ -94,11 +94,15 @@ def main() -> None:
     methods = {}
     for m in METHODS:
         methods[m] = summary(
-            sample_run(args.preset, [*args.overrides, f"sample.method={m}"], args.workdir)
+            sample_run(args.preset, [*args.overrides, f"controls.method={m}"], args.workdir)
         )
     iv_table = []
     for scale in [float(x) for x in args.iv_noise.split(",") if x]:
-        over = [*args.overrides, "sample.method=inversionview", f"sample.iv_noise_scale={scale}"]
+        over = [
+            *args.overrides,
+            "controls.method=inversionview",
+            f"controls.inversionview.sample_noise_scale={scale}",
+        ]
         s = summary(sample_run(args.preset, over, args.workdir))
         iv_table.append({"iv_noise_scale": scale, **{k: s[k] for k in ("mean", "median", "worst")}})
         if s["mean"] < methods["inversionview"]["mean"]:
@@ -118,7 +122,7 @@ def main() -> None:
                 s = summary(
                     sample_run(
                         args.preset,
-                        [*args.overrides, f"sample.method={m}", f"controls.train.steps={steps}"],
+                        [*args.overrides, f"controls.method={m}", f"controls.train.steps={steps}"],
                         args.workdir,
                     )
                 )
@@ -132,9 +136,9 @@ def main() -> None:
             family, _, scale = spec.partition(":")
             over = [
                 *args.overrides,
-                "sample.method=inversescope",
-                f"controls.noise.family={family}",
-                f"controls.noise.scale={scale or 0}",
+                "controls.method=inversescope",
+                f"controls.generator.noise.family={family}",
+                f"controls.generator.noise.scale={scale or 0}",
             ]
             s = summary(sample_run(args.preset, over, args.workdir))
             table.append(

@@ -23,9 +23,9 @@ from inversescope.core.models import pick_device
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.flows.stage_extract import extract_to_store
-from inversescope.flows.stage_prior import read_split
-from inversescope.flows.stage_target import load_target, target_renderer
 from inversescope.storage.artifacts import ArtifactStore
+from inversescope.storage.layout import load_target, read_split, target_prefix
+from inversescope.tasks import task_renderer
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     texts = read_split(prior, "train")["text"].to_list()[: args.rows]
     bs = run.extract.batch_size
     batches = [texts[i : i + bs] for i in range(0, len(texts), bs)]
-    render = target_renderer(run, target, tokenizer)
+    render = task_renderer(run.task, tokenizer, target_prefix(target))
     reader = SiteReader(model, tokenizer, run.extract.sites, render=render)
     encoded = [reader.encode(b) for b in batches]
 

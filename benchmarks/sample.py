@@ -20,10 +20,9 @@ from inversescope.core.models import pick_device
 from inversescope.core.sampling import sample_tokens
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
-from inversescope.flows.stage_backbone import load_backbone
-from inversescope.flows.stage_controls import load_controls
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore
+from inversescope.storage.layout import load_backbone, load_controls
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "sample.json"))
     args = ap.parse_args()
 
-    run = load_run_config(args.preset, ["sample.method=inversescope"])
+    run = load_run_config(args.preset, ["controls.method=inversescope"])
     names = ("prior", "target", "extract", "backbone", "controls")
     keys = run_keys(run, names)
     for name in names:
@@ -48,8 +47,8 @@ def main() -> None:
     acts = ActivationStore(arts["extract"].path)
     site = run.sample_sites[0]
     z = torch.from_numpy(acts.read("test", site, 0, 1)).repeat(args.batch, 1).to(device)
-    gen_model = load_controls(run, arts["controls"], backbone, z.shape[1])
-    site_idx = torch.zeros(args.batch, dtype=torch.long, device=device)
+    _, gen_model = load_controls(arts["controls"], backbone)
+    site_idx = torch.full((args.batch,), gen_model.sites.index(site), device=device)
     eos = tokenizer.eos_token_id
     start = torch.full((args.batch, 1), eos, dtype=torch.long, device=device)
 

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_frame(df) -> None:
+    # polars, prefect and the flows deferred (here and below): --help and a bad argument answer
+    # at once, without importing them
     import polars as pl
 
     with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=90, tbl_width_chars=200):
@@ -193,9 +195,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if "fcr" in out["stages"]:
         import polars as pl
 
-        results = pl.read_parquet(Path(out["stages"]["fcr"]["path"]) / "results.parquet")
+        from inversescope.storage.layout import results_path
+
+        results = pl.read_parquet(results_path(Path(out["stages"]["fcr"]["path"])))
         print(
-            f"\nFCR ({run.sample.method}, {run.fcr.kernel} kernel, eps={run.kernel.epsilon}); "
+            f"\nFCR ({run.controls.method}, {run.fcr.kernel} kernel, eps={run.kernel.epsilon}); "
             f"plots in {out['stages']['fcr']['path']}"
         )
         _print_frame(

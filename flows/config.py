@@ -26,7 +26,14 @@ from inversescope.core.config import (
     TargetConfig,
 )
 from inversescope.core.sites import ModelDims, check_sites
-from inversescope.tasks import preset_names, preset_path, task_module_name
+from inversescope.tasks import (
+    load_task,
+    preset_names,
+    preset_path,
+    resolve_data_file,
+    task_module_name,
+)
+from inversescope.tasks.features import resolve_features
 
 
 class ConfigError(ValueError):
@@ -47,12 +54,17 @@ class RunConfig(BaseModel):
         description="Compute dtype of the models only read (target, labeller): auto = bfloat16 "
         "on a GPU that supports it, float32 otherwise. Trained models stay float32.",
     )
+    # sections in the order the pipeline runs (the Prefect UI shows them in this order)
     prior: PriorConfig = Field(default_factory=PriorConfig, description="Stage prior.")
     target: TargetConfig = Field(default_factory=TargetConfig, description="Stage target.")
     extract: ExtractConfig = Field(description="Stage extract.")
-    kernel: KernelConfig = Field(default_factory=KernelConfig, description="Neighbourhoods.")
     backbone: BackboneConfig = Field(default_factory=BackboneConfig, description="Stage backbone.")
-    controls: ControlsConfig = Field(default_factory=ControlsConfig, description="Stage controls.")
+    kernel: KernelConfig = Field(
+        default_factory=KernelConfig, description="Neighbourhoods (controls noise, sample, fcr)."
+    )
+    controls: ControlsConfig = Field(
+        default_factory=ControlsConfig, description="Stage controls: the sampling method."
+    )
     sample: SampleConfig = Field(default_factory=SampleConfig, description="Stage sample.")
     features: dict[str, str] = Field(
         default_factory=dict,
@@ -157,13 +169,13 @@ def load_run_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> R
 
 def target_dims(run: RunConfig) -> ModelDims:
     """The target's shape from its config alone (no weights): sizes, a local or hub config."""
-    from inversescope.core.models import dims_of  # transformers import, deferred
+    from inversescope.core.architectures import dims_of  # transformers import, deferred
 
     target = run.target
     if target.source == "train":
         a = target.arch
         return ModelDims("gpt2", a.n_layer, a.n_head, a.d_model)
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # deferred with dims_of above
 
     if target.source == "local":
         assert target.path is not None
@@ -171,7 +183,7 @@ def target_dims(run: RunConfig) -> ModelDims:
             raise ConfigError(f"target.path {str(target.path)!r} has no config.json (missing file)")
         hf_config = AutoConfig.from_pretrained(target.path)
     else:
-        from inversescope.core.models import HUB_SHAPES
+        from inversescope.core.models import HUB_SHAPES  # imports torch: deferred too
 
         try:  # a local copy first, then the known shape, then the hub itself
             hf_config = AutoConfig.from_pretrained(
@@ -200,9 +212,6 @@ def check_run(run: RunConfig) -> None:
         check_sites(run.extract.sites, dims)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    from inversescope.tasks import load_task, resolve_data_file
-    from inversescope.tasks.features import resolve_features
-
     try:
         files = [resolve_data_file(f) for f in run.prior.files]
         check_files = getattr(load_task(run.task), "check_files", None)

@@ -1,11 +1,11 @@
 """Running one stage with our own cache: key, lookup, lock, build in a partial directory,
 commit atomically.
 
-A stage module defines ``NAME``, ``INPUTS`` (upstream stage names), ``RESUMABLE``,
-``config_of(run) -> dict`` (what of the run config it depends on), ``build(run, inputs, out)
--> dict`` (manifest metrics) and, where it runs code outside its import closure (a task module),
-``extra_code(run) -> (modules, files)``.
-The key of a stage = hash(config_of, upstream keys, source closure).
+Every stage module follows the ``Stage`` protocol below. The key of a stage = hash(its
+``config_of(run)``, its inputs' keys, the source closure of its module and ``extra_code``).
+A stage's ``build`` gets a ``StageContext`` (the run, its input artifacts, the partial directory
+to write, its key and the workdir) and reads and writes files only through
+``inversescope.storage.layout``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
@@ -40,10 +40,38 @@ STAGE_ORDER: tuple[str, ...] = (
 
 
 @cache
-def stage_module(name: str) -> ModuleType:
+def stage_module(name: str) -> Stage:
     if name not in STAGE_ORDER:
         raise ValueError(f"unknown stage {name!r}; accepted: {', '.join(STAGE_ORDER)}")
-    return importlib.import_module(f"inversescope.flows.stage_{name}")
+    return cast(Stage, importlib.import_module(f"inversescope.flows.stage_{name}"))
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's ``build`` is handed."""
+
+    run: RunConfig
+    inputs: dict[str, Artifact]  # upstream stage name -> its committed artifact
+    out: Path  # the partial directory to write (renamed into place on commit)
+    key: str  # this artifact's cache key
+    workdir: Path
+
+
+class Stage(Protocol):
+    """The contract of a stage module (``inversescope.flows.stage_<NAME>``)."""
+
+    NAME: str
+    INPUTS: tuple[str, ...]  # upstream stages whose artifacts ``build`` reads
+    RESUMABLE: bool  # keep the partial directory of a killed run and resume from it
+
+    def config_of(self, run: RunConfig) -> dict[str, Any]:
+        """What of the run config the artifact depends on (JSON-able, no I/O beyond
+        fingerprints of files the run names)."""
+        ...
+
+    def build(self, ctx: StageContext) -> dict[str, Any]:
+        """Write the artifact into ``ctx.out``; return the manifest's metrics."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -60,12 +88,8 @@ class StageResult:
         return d
 
 
-def stage_key_of(name: str, run: RunConfig) -> str:
-    """The key of stage ``name`` for ``run``, through the keys of its inputs (no I/O but source)."""
-    return run_keys(run, (name,))[name]
-
-
 def seed_everything(seed: int) -> None:
+    # numpy and torch deferred: computing keys must not import torch
     import numpy as np
     import torch
 
@@ -83,9 +107,9 @@ def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, 
     def key(name: str) -> str:
         if name not in keys:
             mod = stage_module(name)
-            extra = getattr(mod, "extra_code", None)
+            extra = getattr(mod, "extra_code", None)  # only prior runs code outside its closure
             modules, files = extra(run) if extra else ((), ())
-            code = code_hash((mod.__name__, *modules), tuple(files))
+            code = code_hash((cast(ModuleType, mod).__name__, *modules), tuple(files))
             inputs = {inp: key(inp) for inp in mod.INPUTS}
             keys[name] = stage_key(name, mod.config_of(run), inputs, code)
         return keys[name]
@@ -119,7 +143,7 @@ def run_stage(
         partial = store.begin(name, key, resumable=mod.RESUMABLE)
         log.info("%s: building %s", name, store.path(name, key))
         seed_everything(run.seed)
-        metrics = mod.build(run, inputs, partial)
+        metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
         seconds = round(timer.seconds, 3)
         art = store.commit(
             name,

@@ -5,15 +5,14 @@ from scratch with the target's tokenizer. The manifest records the held-out (tes
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inversescope.flows.stage_prior import read_split
-from inversescope.storage.artifacts import Artifact
+from inversescope.storage import layout
 from inversescope.storage.keys import file_fingerprint
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -31,39 +30,37 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return cfg
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+def build(ctx: StageContext) -> dict[str, Any]:
+    # torch, transformers and peft deferred: computing keys must not import them
     from inversescope.core.lm_training import mean_loss, text_batches, train_causal_lm
-    from inversescope.core.models import build_tiny_gpt2, load_model, load_tokenizer, pick_device
+    from inversescope.core.models import build_tiny_gpt2, pick_device
 
-    b = run.backbone
-    device = pick_device(run.device)
+    b = ctx.run.backbone
+    device = pick_device(ctx.run.device)
     if b.source == "train":
-        tokenizer = load_tokenizer(inputs["target"].path / "tokenizer")
+        tokenizer = layout.load_saved_tokenizer(ctx.inputs["target"])
         model = build_tiny_gpt2(b.arch, len(tokenizer), tokenizer.eos_token_id).to(device)
     else:
-        where = b.name if b.source == "hub" else b.path
-        revision = b.revision if b.source == "hub" else None
-        tokenizer, model = load_tokenizer(where, revision), load_model(where, revision, device)
+        model, tokenizer = b.load(device)
     if b.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model, LoraConfig(r=b.lora_rank, lora_alpha=2 * b.lora_rank, task_type="CAUSAL_LM")
         )
-    train_texts = read_split(inputs["prior"], "train")["text"].to_list()
-    test_texts = read_split(inputs["prior"], "test")["text"].to_list()
-    held_out = list(_fixed_batches(test_texts, tokenizer, b.train.batch_size))
+    train_texts = layout.read_split(ctx.inputs["prior"], "train")["text"].to_list()
+    test_texts = layout.read_split(ctx.inputs["prior"], "test")["text"].to_list()
+    held_out = _fixed_batches(test_texts, tokenizer, b.train.batch_size)
     result = train_causal_lm(
         model,
-        text_batches(train_texts, tokenizer, b.train.batch_size, run.seed),
+        text_batches(train_texts, tokenizer, b.train.batch_size, ctx.run.seed),
         b.train,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},
         stage="backbone",
     )
     if b.finetune == "lora":
         model = model.merge_and_unload()
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "tokenizer")
+    layout.save_model(ctx.out, model, tokenizer)
     return {
         "held_out_loss": result.evals[-1][1]["held_out_loss"],
         "evals": result.evals,
@@ -73,18 +70,10 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
 
 
 def _fixed_batches(texts, tokenizer, batch_size, limit: int = 1024):
-    from inversescope.core.lm_training import text_batches
+    """The first ``limit`` texts in fixed batches (the held-out set of every evaluation)."""
+    from inversescope.core.lm_training import lm_batch  # torch: deferred as in build
 
     texts = texts[:limit]
-    it = text_batches(texts, tokenizer, batch_size, seed=0)
-    for _ in range((len(texts) + batch_size - 1) // batch_size):
-        yield next(it)
-
-
-def load_backbone(artifact: Artifact, device: str = "cpu"):
-    from inversescope.core.models import load_model, load_tokenizer
-
-    return (
-        load_model(artifact.path / "model", device=device),
-        load_tokenizer(artifact.path / "tokenizer"),
-    )
+    return [
+        lm_batch(tokenizer, texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)
+    ]

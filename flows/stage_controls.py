@@ -1,9 +1,8 @@
-"""Stage ``controls``: train what conditions the backbone on activations.
-
-``sample.method=inversescope``: site encoders + control layers over the (frozen) backbone, with
-training noise; ``inversionview``: the baseline decoder (whole decoder trains, no noise);
-``prior``: nothing to train (an empty artifact). Activations stream from the Zarr store one row
-chunk at a time; every batch mixes sites.
+"""Stage ``controls``: train what conditions the backbone on activations, as the sampling method
+(``controls.method``, see ``inversescope.core.methods``) defines it; a method that trains nothing
+(``prior``) commits a checkpoint without weights. Activations stream from the Zarr store one row
+chunk at a time; every batch mixes sites. The checkpoint describes itself (method, config,
+sites, d_site, weights), so loading it needs nothing of the current run.
 """
 
 from __future__ import annotations
@@ -11,66 +10,40 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from inversescope.flows.stage_backbone import load_backbone
-from inversescope.flows.stage_prior import read_split
+from inversescope.storage import layout
 from inversescope.storage.activations import ActivationStore
-from inversescope.storage.artifacts import Artifact, write_json_atomic
 
 if TYPE_CHECKING:
+    import torch
+
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)
 
 NAME = "controls"
 INPUTS: tuple[str, ...] = ("prior", "extract", "backbone")
 RESUMABLE = False
-WEIGHTS = "controls.pt"
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:
-    method = run.sample.method
-    if method == "prior":
-        return {"method": "prior"}
-    cfg = run.controls.model_dump(mode="json")
-    if method == "inversionview":  # no training noise, whole decoder trains
-        cfg.pop("noise")
-        cfg.pop("backbone")
-        cfg.pop("n_heads")
-        cfg.pop("d_head")
-        cfg.pop("lora_rank")
-    else:
-        cfg.pop("iv_hidden")
+    # core.methods imports torch: deferred, and only the method's own config enters the key
+    from inversescope.core.methods import method_for
+
+    method = method_for(run.controls)
+    if not method.trains:
+        return {"method": method.name}
     return {
-        "method": method,
+        "method": method.name,
         "seed": run.seed,
         "sites": run.sample_sites,
-        "kernel": run.kernel.model_dump(mode="json"),
-        **cfg,
+        "train": run.controls.train.model_dump(mode="json"),
+        **method.training_config(run.kernel),
     }
-
-
-def build_model(run: RunConfig, backbone, d_site: int) -> torch.nn.Module:
-    from inversescope.core.generator import ConditionalGenerator
-    from inversescope.core.inversionview import InversionViewDecoder
-
-    c = run.controls
-    if run.sample.method == "inversionview":
-        return InversionViewDecoder(backbone, run.sample_sites, d_site, c.iv_hidden)
-    return ConditionalGenerator(
-        backbone,
-        run.sample_sites,
-        d_site,
-        c.n_heads,
-        c.d_head,
-        backbone_mode=c.backbone,
-        lora_rank=c.lora_rank,
-    )
 
 
 def activation_batches(
@@ -85,103 +58,72 @@ def activation_batches(
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches of (tokens of x_hat, z_hat + r, site index), sites mixed in each batch.
     Reads one row chunk of every site at a time, in shuffled chunk order."""
+    # torch deferred: computing keys must not import it
+    import torch
+
+    from inversescope.core.lm_training import lm_batch
+
     rng = random.Random(seed)
-    eos = tokenizer.eos_token
     n_rows = store.array(split, sites[0]).shape[0]
     step = store.array(split, sites[0]).chunks[0]
     starts = list(range(0, n_rows, step))
     while True:
         rng.shuffle(starts)
         for start in starts:
-            block = np.stack([store.read(split, s, start, start + step) for s in sites])  # (S,R,d)
+            # (S, R, d): R rows of the chunk at every site
+            block = np.stack([store.read(split, s, start, start + step) for s in sites])
             pairs = [(r, s) for r in range(block.shape[1]) for s in range(len(sites))]
             rng.shuffle(pairs)
             for i in range(0, len(pairs) - batch_size + 1, batch_size):
                 chunk = pairs[i : i + batch_size]
                 rows = [r for r, _ in chunk]
-                site_idx = torch.tensor([s for _, s in chunk])
+                site_idx = torch.tensor([s for _, s in chunk])  # (B,)
                 z = torch.from_numpy(block[site_idx.numpy(), rows])  # (B, d)
                 if noise is not None:
                     z = z + noise(z)
-                tokenizer.padding_side = "right"
-                enc = tokenizer(
-                    [eos + texts[start + r] + eos for r in rows], return_tensors="pt", padding=True
-                )
-                labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-                yield {
-                    "input_ids": enc["input_ids"],
-                    "attention_mask": enc["attention_mask"],
-                    "labels": labels,
-                    "z": z,
-                    "site_idx": site_idx,
-                }
+                batch = lm_batch(tokenizer, [texts[start + r] for r in rows])
+                yield {**batch, "z": z, "site_idx": site_idx}
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+def build(ctx: StageContext) -> dict[str, Any]:
+    # torch deferred: computing keys must not import it
     from inversescope.core.lm_training import mean_loss, train_causal_lm
+    from inversescope.core.methods import checkpoint, method_for
     from inversescope.core.models import pick_device
-    from inversescope.core.noise import NoiseSampler
 
-    method = run.sample.method
-    write_json_atomic(out / "controls.json", config_of(run))
-    if method == "prior":
-        return {"method": "prior", "trained": False}
-    device = pick_device(run.device)
-    store = ActivationStore(inputs["extract"].path)
-    d_site = int(store.array("train", run.sample_sites[0]).shape[1])
-    backbone, tokenizer = load_backbone(inputs["backbone"], device)
-    model = build_model(run, backbone, d_site).to(device)
-    c = run.controls
-    noise = None
-    if method == "inversescope" and c.noise.family != "none":
-        k = run.kernel
-        noise = NoiseSampler(
-            c.noise.family, d_site, k.epsilon, k.delta, k.kernel, c.noise.scale, seed=run.seed
-        )
-    train_texts = read_split(inputs["prior"], "train")["text"].to_list()
-    test_texts = read_split(inputs["prior"], "test")["text"].to_list()
-    held = activation_batches(
-        store, "test", run.sample_sites, test_texts, tokenizer, c.train.batch_size, seed=1
-    )
+    run = ctx.run
+    method = method_for(run.controls)
+    sites = run.sample_sites
+    store = ActivationStore(ctx.inputs["extract"].path)
+    d_site = int(store.array("train", sites[0]).shape[1])
+    if not method.trains:
+        layout.save_controls(ctx.out, checkpoint(method, None, sites, d_site))
+        return {"method": method.name, "trained": False}
+    backbone, tokenizer = layout.load_backbone(ctx.inputs["backbone"], pick_device(run.device))
+    model = method.build(backbone, sites, d_site).to(backbone.device)
+    noise = method.training_noise(run.kernel, d_site, run.seed)
+    prior = ctx.inputs["prior"]
+    train_texts = layout.read_split(prior, "train")["text"].to_list()
+    test_texts = layout.read_split(prior, "test")["text"].to_list()
+    schedule = run.controls.train
+    held = activation_batches(store, "test", sites, test_texts, tokenizer, schedule.batch_size, 1)
     held_out = [next(held) for _ in range(4)]
     result = train_causal_lm(
         model,
         activation_batches(
-            store,
-            "train",
-            run.sample_sites,
-            train_texts,
-            tokenizer,
-            c.train.batch_size,
-            run.seed,
-            noise,
+            store, "train", sites, train_texts, tokenizer, schedule.batch_size, run.seed, noise
         ),
-        c.train,
+        schedule,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},
-        stage=f"controls[{method}]",
+        stage=f"controls[{method.name}]",
     )
-    state = (
-        model.trainable_state()
-        if method == "inversescope"
-        else {k: v for k, v in model.state_dict().items()}
-    )
-    torch.save(state, out / WEIGHTS)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    layout.save_controls(ctx.out, checkpoint(method, model, sites, d_site))
     return {
-        "method": method,
+        "method": method.name,
         "trained": True,
         "steps": result.steps,
-        "trainable_parameters": n_trainable,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "held_out_loss": result.evals[-1][1]["held_out_loss"],
         "evals": result.evals,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
     }
-
-
-def load_controls(run: RunConfig, artifact: Artifact, backbone, d_site: int) -> torch.nn.Module:
-    model = build_model(run, backbone, d_site)
-    state = torch.load(artifact.path / WEIGHTS, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected, unexpected
-    assert all(k.startswith("backbone.") for k in missing), missing
-    return model.to(next(backbone.parameters()).device).eval()

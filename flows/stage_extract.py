@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inversescope.flows.stage_prior import SPLITS, read_split
-from inversescope.flows.stage_target import load_target, target_renderer
+from inversescope.storage import layout
 from inversescope.storage.activations import STORE, ActivationWriter
-from inversescope.storage.artifacts import Artifact
+from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,17 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return run.extract.model_dump(mode="json")
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+def build(ctx: StageContext) -> dict[str, Any]:
+    # torch deferred: computing keys must not import it
     from inversescope.core.models import pick_device, pick_dtype
 
+    run, target, prior = ctx.run, ctx.inputs["target"], ctx.inputs["prior"]
     device = pick_device(run.device)
-    model, tokenizer = load_target(inputs["target"], device, pick_dtype(run.dtype, device))
-    texts = {split: read_split(inputs["prior"], split)["text"].to_list() for split in SPLITS}
-    render = target_renderer(run, inputs["target"], tokenizer)
+    model, tokenizer = layout.load_target(target, device, pick_dtype(run.dtype, device))
+    texts = {split: layout.read_split(prior, split)["text"].to_list() for split in layout.SPLITS}
+    render = task_renderer(run.task, tokenizer, layout.target_prefix(target))
     return extract_to_store(
-        model, tokenizer, texts, run.extract, out, inputs["target"].key, render=render
+        model, tokenizer, texts, run.extract, ctx.out, target.key, render=render
     )
 
 
@@ -58,6 +60,7 @@ def extract_to_store(
 
     ``on_chunk(split, stop)`` is called after each committed chunk.
     """
+    # torch and nnsight deferred: computing keys must not import them
     from inversescope.core.extract import SiteReader
     from inversescope.core.progress import Progress
 

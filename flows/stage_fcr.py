@@ -15,20 +15,18 @@ import polars as pl
 from inversescope.core.fcr import chance_level, estimate_fcr, kernel_weights
 from inversescope.core.sites import parse_site
 from inversescope.flows import plots
-from inversescope.flows.stage_label import read_labels
-from inversescope.flows.stage_sample import read_samples
-from inversescope.storage.artifacts import Artifact
+from inversescope.storage import layout
 from inversescope.storage.tables import write_parquet_atomic
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)
 
 NAME = "fcr"
 INPUTS: tuple[str, ...] = ("sample", "label")
 RESUMABLE = False
-RESULTS = "results.parquet"
 SCHEMA = {
     "preset": pl.String,
     "task": pl.String,
@@ -54,7 +52,7 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     return {
         "preset": run.preset,
         "task": run.task,
-        "method": run.sample.method,
+        "method": run.controls.method,
         "seed": run.seed,
         "kernel": run.kernel.model_dump(mode="json"),
         **run.fcr.model_dump(mode="json"),
@@ -71,7 +69,7 @@ def compute_results(
 ) -> pl.DataFrame:
     eps = run.kernel.epsilon
     joined = samples.join(labels, on=["site", "example_id", "sample_idx"], how="left")
-    ref = reference.rename({"id": "example_id"})
+    refs = reference.rename({"id": "example_id"})
     pool = {f: reference[f].to_list() for f in features}
     rows = []
     for site in sorted(joined["site"].unique(), key=lambda s: parse_site(s).sort_key):
@@ -82,7 +80,7 @@ def compute_results(
         examples = part["example_id"].to_numpy()
         used = sorted(set(examples.tolist()))
         ref_part = part.select("example_id").join(
-            ref, on="example_id", how="left", maintain_order="left"
+            refs, on="example_id", how="left", maintain_order="left"
         )
         for f in features:
             est = estimate_fcr(
@@ -95,13 +93,13 @@ def compute_results(
                 run.seed,
             )
             chance = chance_level(
-                ref.filter(pl.col("example_id").is_in(used))[f].to_list(), pool[f]
+                refs.filter(pl.col("example_id").is_in(used))[f].to_list(), pool[f]
             )
             rows.append(
                 {
                     "preset": run.preset,
                     "task": run.task,
-                    "method": run.sample.method,
+                    "method": run.controls.method,
                     "run_key": run_key,
                     "site": site,
                     "layer": parsed.layer,
@@ -121,14 +119,14 @@ def compute_results(
     return pl.DataFrame(rows, schema=SCHEMA)
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
-    labels, reference = read_labels(inputs["label"])
-    features = inputs["label"].manifest["metrics"]["feature_names"]
-    samples = read_samples(inputs["sample"])
-    run_key = out.name.removeprefix(".partial-")
-    results = compute_results(samples, labels, reference, features, run, run_key)
-    write_parquet_atomic(results, out / RESULTS)
-    draw_plots(results, out, run.sample.method)
+def build(ctx: StageContext) -> dict[str, Any]:
+    run, out = ctx.run, ctx.out
+    labels, reference = layout.read_labels(ctx.inputs["label"])
+    features = ctx.inputs["label"].manifest["metrics"]["feature_names"]
+    samples = layout.read_samples(ctx.inputs["sample"])
+    results = compute_results(samples, labels, reference, features, run, ctx.key)
+    write_parquet_atomic(results, layout.results_path(out))
+    draw_plots(results, out, run.controls.method)
     top = {}
     for f in features:
         best = results.filter(pl.col("feature") == f).sort("fcr", descending=True, nulls_last=True)
@@ -139,8 +137,8 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
 def draw_plots(results: pl.DataFrame, out: Path, method: str) -> None:
     for f in sorted(results["feature"].unique()):
         if results.filter((pl.col("feature") == f) & pl.col("head").is_not_null()).height:
-            plots.fcr_heatmap(results, f, out / f"fcr_heads_{f}.png")
+            plots.fcr_heatmap(results, f, layout.heads_plot_path(out, f))
     if results.filter(pl.col("head").is_null()).height:
-        plots.fcr_per_layer(results, out / "fcr_layers.png")
+        plots.fcr_per_layer(results, layout.layers_plot_path(out))
     per_site = results.unique("site").select("site", "refusal_rate")
-    plots.refusal_histogram({method: dict(per_site.iter_rows())}, out / "refusal_hist.png")
+    plots.refusal_histogram({method: dict(per_site.iter_rows())}, layout.refusal_plot_path(out))

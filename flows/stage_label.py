@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from inversescope.flows.errors import StageError
-from inversescope.flows.stage_prior import read_split
-from inversescope.flows.stage_sample import read_samples
-from inversescope.storage.artifacts import Artifact
-from inversescope.storage.keys import code_hash, file_fingerprint, stage_key
+from inversescope.storage import layout
+from inversescope.storage.keys import code_hash, file_fingerprint, source_fingerprint, stage_key
 from inversescope.storage.tables import write_parquet_atomic
+from inversescope.tasks import resolve_data_file
 from inversescope.tasks.features import (
     FeatureContext,
     FeatureSpec,
@@ -33,24 +32,23 @@ from inversescope.tasks.features import (
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
+    from inversescope.storage.artifacts import Artifact
 
 log = logging.getLogger(__name__)
 
 NAME = "label"
 INPUTS: tuple[str, ...] = ("prior", "target", "sample")
 RESUMABLE = False
-FEATURE_CACHE = "features"
-LABELLER_CACHE = "labeller.sqlite"
 
 
 def _feature_config(spec: FeatureSpec, run: RunConfig) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"ref": spec.ref, "source": file_fingerprint(spec.source_file())}
+    cfg: dict[str, Any] = {"entry": spec.entry, "source": file_fingerprint(spec.source_file())}
     if spec.batched:
         lab = run.labeller
         cfg["labeller"] = None if lab is None else lab.model_dump(mode="json")
         if lab is not None and lab.source == "local":
-            assert lab.path is not None
-            cfg["labeller"]["content"] = file_fingerprint(lab.path)
+            cfg["labeller"]["content"] = source_fingerprint(lab)["content"]
     return cfg
 
 
@@ -71,10 +69,10 @@ def labeller_factory(run: RunConfig, target: Artifact, cache_path: Path):
     lab = run.labeller
     if lab is None:
         return None
+    # torch and transformers deferred: runs without a labeller never import them here
     from inversescope.core.labeller import LikelihoodLabeller
-    from inversescope.core.models import load_model, load_tokenizer, pick_device, pick_dtype
+    from inversescope.core.models import pick_device, pick_dtype
     from inversescope.core.progress import Progress
-    from inversescope.flows.stage_target import load_target
     from inversescope.storage.label_cache import SqliteCache
 
     device = pick_device(run.device)
@@ -84,17 +82,16 @@ def labeller_factory(run: RunConfig, target: Artifact, cache_path: Path):
         if not loaded:
             dtype = pick_dtype(run.dtype, device)
             if lab.source == "target":
-                m, tok = load_target(target, device, dtype)
+                m, tok = layout.load_target(target, device, dtype)
                 loaded["id"] = f"target:{target.key}"
-            elif lab.source == "local":
-                assert lab.path is not None
-                m, tok = load_model(lab.path, device=device, dtype=dtype), load_tokenizer(lab.path)
-                loaded["id"] = f"local:{file_fingerprint(lab.path)}"
             else:
-                assert lab.name is not None
-                m = load_model(lab.name, lab.revision, device=device, dtype=dtype)
-                tok = load_tokenizer(lab.name, lab.revision)
-                loaded["id"] = f"hub:{lab.name}@{lab.revision}"
+                m, tok = lab.load(device, dtype)
+                where = source_fingerprint(lab)
+                loaded["id"] = (
+                    f"local:{where['content']}"
+                    if lab.source == "local"
+                    else f"hub:{lab.name}@{lab.revision}"
+                )
             loaded["model"], loaded["tok"] = m, tok
             loaded["cache"] = SqliteCache(cache_path)
         return loaded
@@ -114,14 +111,15 @@ def labeller_factory(run: RunConfig, target: Artifact, cache_path: Path):
     return factory
 
 
-def feature_context(run: RunConfig, inputs: dict[str, Artifact], cache_dir: Path):
-    from inversescope.tasks import resolve_data_file
-
-    rows = pl.concat([read_split(inputs["prior"], s) for s in ("train", "test")], how="diagonal")
+def feature_context(ctx: StageContext) -> FeatureContext:
+    prior = ctx.inputs["prior"]
+    rows = pl.concat([layout.read_split(prior, s) for s in layout.SPLITS], how="diagonal")
     return FeatureContext(
-        files=tuple(resolve_data_file(f) for f in run.prior.files),
+        files=tuple(resolve_data_file(f) for f in ctx.run.prior.files),
         prior={r["text"]: r for r in rows.iter_rows(named=True)},
-        labeller=labeller_factory(run, inputs["target"], cache_dir.parent / LABELLER_CACHE),
+        labeller=labeller_factory(
+            ctx.run, ctx.inputs["target"], layout.labeller_cache_path(ctx.workdir)
+        ),
     )
 
 
@@ -130,12 +128,12 @@ def apply_batch_feature(spec: FeatureSpec, fn, texts: list[str], context) -> lis
         values = fn(texts, context)
     except Exception as e:
         raise StageError(
-            f"feature {spec.name!r} ({spec.ref}) raised; labels computed so far are kept:\n"
+            f"feature {spec.name!r} ({spec.entry}) raised; labels computed so far are kept:\n"
             f"{traceback.format_exc()}"
         ) from e
     if len(values) != len(texts):
         raise StageError(
-            f"feature {spec.name!r} ({spec.ref}) returned {len(values)} labels for "
+            f"feature {spec.name!r} ({spec.entry}) returned {len(values)} labels for "
             f"{len(texts)} inputs"
         )
     return [canonical_label(v) for v in values]
@@ -155,12 +153,14 @@ def apply_feature(fn, texts: list[str]) -> tuple[list[str | None], int, str | No
     return labels, errors, first
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+def build(ctx: StageContext) -> dict[str, Any]:
+    run, inputs = ctx.run, ctx.inputs
     specs = _specs(run)
-    samples = read_samples(inputs["sample"]).select("site", "example_id", "sample_idx", "text")
-    refs = read_split(inputs["prior"], "test").select("id", "text")
-    texts = sorted(set(samples["text"].to_list()) | set(refs["text"].to_list()))
-    cache_dir = inputs["sample"].path.parents[1] / NAME / FEATURE_CACHE
+    samples = layout.read_samples(inputs["sample"])
+    samples = samples.select("site", "example_id", "sample_idx", "text")
+    references = layout.read_split(inputs["prior"], "test").select("id", "text")
+    texts = sorted(set(samples["text"].to_list()) | set(references["text"].to_list()))
+    cache_dir = layout.feature_cache_dir(ctx.workdir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     input_keys = {k: inputs[k].key for k in INPUTS}
     context = None
@@ -179,14 +179,14 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
             info = {"reused": True, **labels.select(pl.col("errors").first()).row(0, named=True)}
         else:
             if spec.batched:
-                context = context or feature_context(run, inputs, cache_dir)
+                context = context or feature_context(ctx)
                 values, errors = apply_batch_feature(spec, spec.load(), texts, context), 0
             else:
                 values, errors, first = apply_feature(spec.load(), texts)
                 share = errors / len(texts) if texts else 0.0
                 if share > run.label.max_error_share:
                     raise StageError(
-                        f"feature {name!r} ({spec.ref}) raised on {errors} of {len(texts)} "
+                        f"feature {name!r} ({spec.entry}) raised on {errors} of {len(texts)} "
                         f"inputs ({share:.1%} > label.max_error_share="
                         f"{run.label.max_error_share}); first error:\n{first}"
                     )
@@ -214,21 +214,9 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
             "reused" if info["reused"] else "computed",
             info["errors"],
         )
-    features = sorted(specs)
-    write_parquet_atomic(
+    layout.write_labels(
+        ctx.out,
         samples.join(table, on="text", how="left", maintain_order="left").drop("text"),
-        out / "labels.parquet",
+        references.join(table, on="text", how="left", maintain_order="left").drop("text"),
     )
-    write_parquet_atomic(
-        refs.join(table, on="text", how="left", maintain_order="left").drop("text"),
-        out / "reference.parquet",
-    )
-    return {"features": per_feature, "feature_names": features}
-
-
-def read_labels(artifact: Artifact) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(sample labels keyed by site, example_id, sample_idx; reference labels keyed by id)."""
-    return (
-        pl.read_parquet(artifact.path / "labels.parquet"),
-        pl.read_parquet(artifact.path / "reference.parquet"),
-    )
+    return {"features": per_feature, "feature_names": sorted(specs)}

@@ -8,20 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from inversescope.storage.artifacts import Artifact
-from inversescope.storage.keys import file_fingerprint
-from inversescope.storage.tables import write_parquet_atomic
+from inversescope.storage import layout
+from inversescope.storage.keys import file_fingerprint, source_fingerprint
 from inversescope.tasks import PriorOptions, load_task, resolve_data_file, task_module_name
 
 if TYPE_CHECKING:
     from inversescope.flows.config import RunConfig
+    from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)
 
 NAME = "prior"
 INPUTS: tuple[str, ...] = ()
 RESUMABLE = False
-SPLITS = ("train", "test")
 
 
 def uses_target_tokenizer(run: RunConfig) -> bool:
@@ -35,13 +34,7 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     cfg = {"task": run.task, "seed": run.seed, **run.prior.model_dump(mode="json")}
     cfg["file_content"] = [file_fingerprint(resolve_data_file(f)) for f in run.prior.files]
     if uses_target_tokenizer(run):
-        t = run.target
-        cfg["tokenizer"] = {
-            "name": t.name,
-            "revision": t.revision,
-            "path": str(t.path) if t.path else None,
-            "content": file_fingerprint(t.path) if t.path else None,
-        }
+        cfg["tokenizer"] = source_fingerprint(run.target)
     return cfg
 
 
@@ -51,14 +44,15 @@ def extra_code(run: RunConfig) -> tuple[tuple[str, ...], tuple[Path, ...]]:
 
 def target_token_counter(run: RunConfig):
     """``len(target tokens of text)`` with the target's own tokenizer (hub or local)."""
+    # transformers deferred: only tasks that filter by target tokens need it
     from inversescope.core.models import load_tokenizer
 
-    t = run.target
-    tok = load_tokenizer(t.path) if t.source == "local" else load_tokenizer(t.name, t.revision)
+    tok = load_tokenizer(*run.target.location)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, Any]:
+def build(ctx: StageContext) -> dict[str, Any]:
+    run = ctx.run
     task = load_task(run.task)
     options = PriorOptions(
         files=tuple(resolve_data_file(f) for f in run.prior.files),
@@ -66,12 +60,7 @@ def build(run: RunConfig, inputs: dict[str, Artifact], out: Path) -> dict[str, A
         count_tokens=target_token_counter(run) if uses_target_tokenizer(run) else None,
     )
     train, test = task.generate_prior(run.prior.n_train, run.prior.n_test, run.seed, options)
-    for split, rows in zip(SPLITS, (train, test), strict=True):
+    for split, rows in zip(layout.SPLITS, (train, test), strict=True):
         df = pl.DataFrame(rows).select("id", "text", pl.exclude("id", "text"))
-        write_parquet_atomic(df, out / f"{split}.parquet")
+        layout.write_split(ctx.out, split, df)
     return {"rows": {"train": len(train), "test": len(test)}}
-
-
-def read_split(artifact: Artifact | Path, split: str) -> pl.DataFrame:
-    root = artifact.path if isinstance(artifact, Artifact) else Path(artifact)
-    return pl.read_parquet(root / f"{split}.parquet")

@@ -67,7 +67,8 @@ class TrainConfig(StageConfig):
 
 
 class ModelSourceConfig(StageConfig):
-    """Where a model comes from: trained here, a hub name, or a local directory."""
+    """Where a model comes from: trained here, a hub name, or a local directory. ``load`` is the
+    one place that reads a hub or local model (target, backbone and labeller alike)."""
 
     section: ClassVar[str] = "model"
     source: Literal["train", "hub", "local"] = Field(
@@ -78,7 +79,6 @@ class ModelSourceConfig(StageConfig):
     name: str | None = Field(None, description="Hub model name (source=hub), e.g. gpt2.")
     revision: str = Field("main", description="Hub revision (source=hub).")
     path: Path | None = Field(None, description="Model directory (source=local).")
-    arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelSourceConfig:
@@ -93,8 +93,33 @@ class ModelSourceConfig(StageConfig):
             )
         return self
 
+    @property
+    def location(self) -> tuple[str, str | None]:
+        """(hub name or directory, hub revision or None) of a hub or local model."""
+        if self.source == "hub":
+            assert self.name is not None
+            return self.name, self.revision
+        if self.source == "local":
+            assert self.path is not None
+            return str(self.path), None
+        raise ValueError(f"{self.section}.source={self.source} names no model to load")
 
-class TargetConfig(ModelSourceConfig):
+    def load(self, device: str = "cpu", dtype=None):
+        """(model in eval mode, tokenizer) of a hub or local model (``dtype`` default float32)."""
+        # transformers import deferred: building a config must stay cheap and free of I/O
+        from inversescope.core.models import load_model, load_tokenizer
+
+        where, revision = self.location
+        return load_model(where, revision, device, dtype), load_tokenizer(where, revision)
+
+
+class TrainableModelConfig(ModelSourceConfig):
+    """A model source that may also be a small model trained here (``source: train``)."""
+
+    arch: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Sizes (train).")
+
+
+class TargetConfig(TrainableModelConfig):
     """The model whose activations are interpreted (``train``: trained here on the prior)."""
 
     section: ClassVar[str] = "target"
@@ -153,7 +178,7 @@ class KernelConfig(StageConfig):
         return v
 
 
-class BackboneConfig(ModelSourceConfig):
+class BackboneConfig(TrainableModelConfig):
     """The generator's decoder-only LM, fine-tuned on the prior's prompts, then frozen
     (``train``: a small model trained from scratch here with the target's tokenizer; the paper's
     is the hub's gpt2)."""
@@ -181,9 +206,9 @@ class NoiseConfig(StageConfig):
     scale: float = Field(0.1, ge=0, description="gaussian: ||r|| / ||z_hat|| on average.")
 
 
-class ControlsConfig(StageConfig):
-    """Site encoders + control layers (inversescope) or the InversionView decoder, trained on the
-    train split's activations with the backbone's next-token loss."""
+class GeneratorConfig(StageConfig):
+    """InverseScope's conditioning: site encoders + one control layer per backbone block, trained
+    on (x_hat, z_hat + r) with training noise r."""
 
     n_heads: int = Field(32, gt=0, description="Control-layer heads (paper: 32).")
     d_head: int = Field(64, gt=0, description="Control-layer query/key size (paper: 64).")
@@ -194,60 +219,64 @@ class ControlsConfig(StageConfig):
     )
     lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone=lora).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
+
+
+class InversionViewConfig(StageConfig):
+    """The InversionView baseline decoder: trains without noise, samples with Gaussian noise."""
+
+    hidden: int = Field(512, gt=0, description="Residual MLP hidden width.")
+    sample_noise_scale: float | None = Field(
+        None,
+        ge=0,
+        description="Scale of the Gaussian noise added to z_hat when sampling "
+        "(||r|| / ||z_hat|| on average; default ε, InversionView's protocol).",
+    )
+
+
+class ControlsConfig(StageConfig):
+    """What conditions the backbone on activations (the sampling method), and its training on the
+    train split's activations with the backbone's next-token loss."""
+
+    method: Literal["inversescope", "inversionview", "prior"] = Field(
+        "inversescope",
+        description="inversescope: site encoders + control layers; inversionview: the baseline "
+        "decoder with Gaussian noise of scale ε at sampling; prior: the backbone alone.",
+    )
     train: TrainConfig = Field(
         default_factory=lambda: TrainConfig(lr=1e-5, warmup=1000, steps=20_000),
         description="Schedule (paper: AdamW, lr 1e-5, 1000 warm-up steps).",
     )
-    iv_hidden: int = Field(512, gt=0, description="InversionView: residual MLP hidden width.")
+    generator: GeneratorConfig = Field(
+        default_factory=GeneratorConfig, description="method=inversescope: the generator."
+    )
+    inversionview: InversionViewConfig = Field(
+        default_factory=InversionViewConfig, description="method=inversionview: the baseline."
+    )
 
 
-class LabellerConfig(StageConfig):
+class LabellerConfig(ModelSourceConfig):
     """The causal LM behind labeller-backed features (refusal's harmfulness of unseen queries,
     reason and method): it picks a label by comparing candidates' log-likelihoods."""
 
-    source: Literal["hub", "local", "target"] = Field(
+    section: ClassVar[str] = "labeller"
+    source: Literal["hub", "local", "target"] = Field(  # type: ignore[assignment]
         "hub",
         description="hub: a model name; local: a save_pretrained directory; target: the "
         "pipeline's own target model (for smoke tests of small presets: its labels carry no "
         "meaning).",
     )
-    name: str | None = Field(None, description="Hub model name (source=hub).")
-    revision: str = Field("main", description="Hub revision (source=hub).")
-    path: Path | None = Field(None, description="Model directory (source=local).")
     batch_size: int = Field(16, gt=0, description="(input, candidate) pairs per forward pass.")
-
-    @model_validator(mode="after")
-    def _source_fields(self) -> LabellerConfig:
-        if self.source == "hub" and not self.name:
-            raise ValueError(
-                "labeller.source=hub needs labeller.name (e.g. Qwen/Qwen2-7B-Instruct)"
-            )
-        if self.source == "local" and self.path is None:
-            raise ValueError(
-                "labeller.source=local needs labeller.path (a save_pretrained directory)"
-            )
-        return self
 
 
 class SampleConfig(StageConfig):
-    """Sampling inputs conditioned on test activations, and measuring them against z_hat."""
+    """Sampling inputs conditioned on test activations, and measuring them against z_hat (with
+    the method the controls stage trained)."""
 
-    method: Literal["inversescope", "inversionview", "prior"] = Field(
-        "inversescope",
-        description="inversescope: our generator; inversionview: the baseline decoder with "
-        "Gaussian noise of scale ε at sampling; prior: the frozen backbone alone.",
-    )
     sites: list[str] | None = Field(None, description="Sites to sample (default: all extracted).")
     n_examples: int = Field(20, gt=0, description="First n test prompts used as references.")
-    k: int = Field(16, gt=0, description="Samples per (reference, site).")
+    samples_per_example: int = Field(16, gt=0, description="Samples per (reference, site).")
     batch_size: int = Field(256, gt=0, description="Sequences generated at once.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
-    iv_noise_scale: float | None = Field(
-        None,
-        ge=0,
-        description="inversionview: scale of the Gaussian noise added to z_hat when sampling "
-        "(||r|| / ||z_hat|| on average; default ε, InversionView's protocol).",
-    )
     max_new_tokens: int = Field(40, gt=0, description="Longest sample in backbone tokens.")
 
     @field_validator("sites")

@@ -24,15 +24,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-
-def backbone_blocks(model: PreTrainedModel) -> nn.ModuleList:
-    """The transformer blocks of a causal LM (GPT-2, Llama, Gemma-2 layouts)."""
-    base = model.base_model
-    for name in ("h", "layers"):
-        blocks = getattr(base, name, None)
-        if isinstance(blocks, nn.ModuleList):
-            return blocks
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}")
+from inversescope.core.architectures import architecture_of
 
 
 class ControlLayer(nn.Module):
@@ -49,16 +41,17 @@ class ControlLayer(nn.Module):
         """Per-condition key (B, H, d_head) and value (B, H, d_model) from encoded z (B, d)."""
         b = e.shape[0]
         return (
-            self.k(e).view(b, self.n_heads, self.d_head),
-            self.v(e).view(b, self.n_heads, self.d_model),
+            self.k(e).view(b, self.n_heads, self.d_head),  # (B, H * dh) -> (B, H, dh)
+            self.v(e).view(b, self.n_heads, self.d_model),  # (B, H * d_model) -> (B, H, d_model)
         )
 
     def forward(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The control term to add to hidden states h (B, T, d_model)."""
         b, t, _ = h.shape
-        q = self.q(h).view(b, t, self.n_heads, self.d_head)  # (B, T, H, dh)
-        w = torch.tanh(torch.einsum("bthd,bhd->bth", q, k) / math.sqrt(self.d_head))  # (B, T, H)
-        return torch.einsum("bth,bhm->btm", w, v)  # (B, T, d_model)
+        q = self.q(h).view(b, t, self.n_heads, self.d_head)  # (B, T, H * dh) -> (B, T, H, dh)
+        # one key per row: q_i . k per head -> (B, T, H)
+        w = torch.tanh(torch.einsum("bthd,bhd->bth", q, k) / math.sqrt(self.d_head))
+        return torch.einsum("bth,bhm->btm", w, v)  # sum over heads of w v -> (B, T, d_model)
 
 
 class ConditionalGenerator(nn.Module):
@@ -83,7 +76,7 @@ class ConditionalGenerator(nn.Module):
         self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
         for i in range(len(sites)):
             nn.init.kaiming_uniform_(self.encoders.data[i], a=math.sqrt(5))
-        blocks = backbone_blocks(backbone)
+        blocks = architecture_of(backbone.config).blocks(backbone)
         self.controls = nn.ModuleList(
             ControlLayer(d_model, d_site, n_heads, d_head) for _ in range(len(blocks))
         )
@@ -93,6 +86,7 @@ class ConditionalGenerator(nn.Module):
             raise ValueError(f"backbone_mode={backbone_mode!r}; accepted: frozen, lora, full")
         backbone.requires_grad_(backbone_mode == "full")
         if backbone_mode == "lora":
+            # peft deferred: only the lora mode needs it
             from peft import LoraConfig, inject_adapter_in_model
 
             # LoRA adapters (peft's default target modules for the architecture) train; the
@@ -112,6 +106,7 @@ class ConditionalGenerator(nn.Module):
 
     def encode(self, z: torch.Tensor, site_idx: torch.Tensor) -> torch.Tensor:
         """Site-specific linear encoding of z (B, d) -> (B, d)."""
+        # (B, d) x (B, d_out, d_in)^T -> (B, d_out): row b through its site's encoder
         return torch.einsum("bd,bde->be", z, self.encoders[site_idx].transpose(1, 2))
 
     def condition(self, z: torch.Tensor | None, site_idx: torch.Tensor | None = None) -> None:

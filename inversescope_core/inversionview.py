@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from inversescope.core.architectures import architecture_of
+
 
 class ResidualMLP(nn.Module):
     def __init__(self, d: int, hidden: int, n_blocks: int = 2):
@@ -36,8 +38,8 @@ class InversionViewDecoder(nn.Module):
         self.backbone = backbone
         self.sites = list(sites)
         self.n_layer = cfg.num_hidden_layers
-        self.n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        arch = architecture_of(cfg)
+        self.n_kv, self.head_dim = arch.kv_heads(cfg), arch.head_dim(cfg)
         self.site_embedding = nn.Embedding(len(sites), d_site)
         self.mlp = ResidualMLP(d_site, hidden)
         self.to_kv = nn.Linear(d_site, self.n_layer * 2 * self.n_kv * self.head_dim)
@@ -47,6 +49,7 @@ class InversionViewDecoder(nn.Module):
         """A cache holding one key/value position per layer for each row of z (B, d)."""
         b = z.shape[0]
         h = self.mlp(z + self.site_embedding(site_idx))  # (B, d)
+        # (B, L * 2 * n_kv * dh) -> (B, L, key|value, n_kv, one position, dh)
         kv = self.to_kv(h).view(b, self.n_layer, 2, self.n_kv, 1, self.head_dim)
         cache = DynamicCache(config=self.backbone.config)
         for layer in range(self.n_layer):

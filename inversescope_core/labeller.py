@@ -17,6 +17,8 @@ from collections.abc import MutableMapping
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from inversescope.core.lm_training import continuation_token_logprobs
+
 
 class LikelihoodLabeller:
     def __init__(
@@ -69,12 +71,10 @@ class LikelihoodLabeller:
             memo[t] = self.cache[self.key(t)]
         return [memo[t] for t in texts]
 
-    @torch.no_grad()
     def scores(self, texts: list[str]) -> torch.Tensor:
         """Mean token log-likelihood of each label after each prompt.  # (N, C)"""
-        device = next(self.model.parameters()).device
-        pairs = [(t, c) for t in texts for c in range(len(self.labels))]
-        out = torch.empty(len(pairs))
+        pairs = [(t, c) for t in texts for c in range(len(self.labels))]  # N * C, input-major
+        out = torch.empty(len(pairs))  # (N * C,)
         for b in range(0, len(pairs), self.batch_size):
             chunk = pairs[b : b + self.batch_size]
             prompts = [self.tokenizer(self.template.format(input=t))["input_ids"] for t, _ in chunk]
@@ -87,19 +87,8 @@ class LikelihoodLabeller:
                 p[max(0, len(p) + len(c) - self.max_length) :]
                 for p, c in zip(prompts, conts, strict=True)
             ]
-            seqs = [p + c for p, c in zip(prompts, conts, strict=True)]
-            width = max(map(len, seqs))
             pad = self.tokenizer.pad_token_id or 0
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, s in enumerate(seqs):
-                ids[i, : len(s)] = torch.tensor(s)
-                mask[i, : len(s)] = 1
-            logp = torch.log_softmax(
-                self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(),
-                dim=-1,
-            ).cpu()  # (B, T, V)
-            for i, (p, c) in enumerate(zip(prompts, conts, strict=True)):
-                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting c
-                out[b + i] = logp[i, pos, torch.tensor(c)].mean()
-        return out.view(len(texts), len(self.labels))
+            logps = continuation_token_logprobs(self.model, prompts, conts, pad)
+            for i, lp in enumerate(logps):
+                out[b + i] = lp.mean()
+        return out.view(len(texts), len(self.labels))  # (N * C,) -> (N, C)

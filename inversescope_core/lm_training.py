@@ -19,12 +19,25 @@ from inversescope.core.progress import Progress
 log = logging.getLogger(__name__)
 
 
+def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
+    """``<eos> text <eos>`` rows, right-padded, with next-token labels; padding is masked out of
+    the labels (-100). The one way every LM of the pipeline reads a text in training."""
+    eos = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    enc = tokenizer([eos + t + eos for t in texts], return_tensors="pt", padding=True)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # (B, T)
+    return {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": labels,
+    }
+
+
 def text_batches(
     texts: list[str], tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled batches of ``<eos> text <eos>``; padding is masked out of the labels."""
     rng = random.Random(seed)
-    eos = tokenizer.eos_token
     order: list[int] = []
     while True:
         if len(order) < batch_size:
@@ -32,14 +45,7 @@ def text_batches(
             rng.shuffle(fresh)
             order.extend(fresh)
         idx, order = order[:batch_size], order[batch_size:]
-        tokenizer.padding_side = "right"
-        enc = tokenizer([eos + texts[i] + eos for i in idx], return_tensors="pt", padding=True)
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        yield {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "labels": labels,
-        }
+        yield lm_batch(tokenizer, [texts[i] for i in idx])
 
 
 @dataclass
@@ -110,6 +116,29 @@ def mean_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) ->
 
 
 @torch.no_grad()
+def continuation_token_logprobs(
+    model: PreTrainedModel, prompts: list[list[int]], continuations: list[list[int]], pad_id: int
+) -> list[torch.Tensor]:
+    """For each (prompt, continuation) pair of token ids, the log-probability of each
+    continuation token given the prompt and the tokens before it, from one forward pass over the
+    right-padded batch.  # list of (len(continuation),)"""
+    device = next(model.parameters()).device
+    seqs = [p + c for p, c in zip(prompts, continuations, strict=True)]
+    ids = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    logp = torch.log_softmax(
+        model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1
+    ).cpu()  # (B, T, V)
+    out = []
+    for r, (p, c) in enumerate(zip(prompts, continuations, strict=True)):
+        pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting c
+        out.append(logp[r, pos, torch.tensor(c)])
+    return out
+
+
 def continuation_logprob(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -118,7 +147,6 @@ def continuation_logprob(
     batch_size: int = 256,
 ) -> torch.Tensor:
     """Sum over each continuation's tokens of log p(token | prompt, earlier tokens).  # (N,)"""
-    device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = torch.empty(len(prompts))
     for i in range(0, len(prompts), batch_size):
@@ -127,18 +155,8 @@ def continuation_logprob(
             tokenizer(c, add_special_tokens=False)["input_ids"]
             for c in continuations[i : i + batch_size]
         ]
-        width = max(len(p) + len(c) for p, c in zip(ps, cs, strict=True))
-        ids = torch.full((len(ps), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
-            ids[r, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[r, : len(p) + len(c)] = 1
-        logp = torch.log_softmax(
-            model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1
-        ).cpu()  # (B, T, V)
-        for r, (p, c) in enumerate(zip(ps, cs, strict=True)):
-            pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # positions predicting c
-            out[i + r] = logp[r, pos, torch.tensor(c)].sum()
+        for r, lp in enumerate(continuation_token_logprobs(model, ps, cs, pad)):  # (len(c),)
+            out[i + r] = lp.sum()
     return out
 
 

@@ -11,7 +11,6 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -29,18 +28,6 @@ HUB_SHAPES: dict[str, ModelDims] = {
     "google/gemma-2-2b": ModelDims("gemma2", 26, 8, 2304),
     "meta-llama/Meta-Llama-3-8B-Instruct": ModelDims("llama", 32, 32, 4096),
 }
-
-
-def dims_of(config: PretrainedConfig) -> ModelDims:
-    """Depth, heads and width of a transformers config, for the architectures we support."""
-    model_type = getattr(config, "model_type", None)
-    if model_type == "gpt2":
-        return ModelDims("gpt2", config.n_layer, config.n_head, config.n_embd)
-    if model_type in ("llama", "gemma2"):
-        return ModelDims(
-            model_type, config.num_hidden_layers, config.num_attention_heads, config.hidden_size
-        )
-    raise ValueError(f"architecture {model_type!r} is not supported; accepted: gpt2, llama, gemma2")
 
 
 def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadModel:

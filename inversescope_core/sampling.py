@@ -27,12 +27,12 @@ def sample_tokens(
     device = next(model.parameters()).device
     cache = cache if cache is not None else DynamicCache(config=model.config)
     prefix = cache.get_seq_length()
-    tok = torch.full((batch, 1), eos_id, dtype=torch.long, device=device)
-    mask = torch.ones(batch, prefix + 1, dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tok = torch.full((batch, 1), eos_id, dtype=torch.long, device=device)  # (B, 1)
+    mask = torch.ones(batch, prefix + 1, dtype=torch.long, device=device)  # (B, prefix + 1)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
     out_tokens: list[torch.Tensor] = []
     for step in range(max_new_tokens):
-        pos = torch.full((batch, 1), step, dtype=torch.long, device=device)
+        pos = torch.full((batch, 1), step, dtype=torch.long, device=device)  # (B, 1)
         out = model(
             input_ids=tok, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
         )
@@ -45,9 +45,9 @@ def sample_tokens(
         out_tokens.append(nxt)
         if bool(done.all()):
             break
-        tok = nxt[:, None]
-        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-    return torch.stack(out_tokens, dim=1)
+        tok = nxt[:, None]  # (B, 1)
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)  # (B, prefix + step + 2)
+    return torch.stack(out_tokens, dim=1)  # (B, steps)
 
 
 def decode(tokenizer, ids: torch.Tensor, eos_id: int) -> list[str]:

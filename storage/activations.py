@@ -120,10 +120,3 @@ class ActivationStore:
     def read(self, split: str, site: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` as float32, whatever the stored dtype."""
         return np.asarray(self.array(split, site)[start:stop], dtype=np.float32)
-
-    def iter_chunks(self, split: str, site: str) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, rows) per stored chunk: reads one chunk at a time."""
-        arr = self.array(split, site)
-        step = arr.chunks[0]
-        for start in range(0, arr.shape[0], step):
-            yield start, np.asarray(arr[start : start + step], dtype=np.float32)

@@ -14,7 +14,10 @@ import importlib.util
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inversescope.core.config import ModelSourceConfig
 
 PACKAGE = "inversescope"
 KEY_CHARS = 16
@@ -132,3 +135,16 @@ def file_fingerprint(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def source_fingerprint(source: ModelSourceConfig) -> dict[str, Any]:
+    """What identifies a hub or local model in a cache key: the hub name and revision, or the
+    local directory's content (its path alone is not enough)."""
+    if source.source == "local":
+        assert source.path is not None
+        return {
+            "source": "local",
+            "path": str(source.path),
+            "content": file_fingerprint(source.path),
+        }
+    return {"source": source.source, "name": source.name, "revision": source.revision}

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
+from inversescope.storage import layout
+from inversescope.storage.artifacts import ArtifactStore
+
 
 def _manifests(workdir: Path, stage: str) -> list[tuple[Path, dict]]:
     out = []
@@ -21,7 +24,7 @@ def _manifests(workdir: Path, stage: str) -> list[tuple[Path, dict]]:
 def scan_results(*workdirs: str | Path) -> pl.LazyFrame:
     """Every committed FCR table under the working directories, as one LazyFrame (one row per
     run, site and feature; see README for the columns)."""
-    files = [str(path / "results.parquet") for wd in workdirs for path, _ in _manifests(wd, "fcr")]
+    files = [str(layout.results_path(path)) for wd in workdirs for path, _ in _manifests(wd, "fcr")]
     if not files:
         raise FileNotFoundError(f"no fcr results under {', '.join(map(str, workdirs))}")
     return pl.scan_parquet(files)
@@ -37,17 +40,18 @@ def latest(workdir: str | Path, stage: str) -> tuple[Path, dict]:
 
 def scan_samples_with_labels(workdir: str | Path) -> pl.LazyFrame:
     """Samples of the latest labelled run, joined with their labels and their reference's."""
+    store = ArtifactStore(workdir)
     label_path, label_manifest = latest(workdir, "label")
-    sample_key = label_manifest["inputs"]["sample"]
-    sample_path = Path(workdir) / "sample" / sample_key
+    label = store.require("label", label_manifest["key"])
+    sample = store.require("sample", label_manifest["inputs"]["sample"])
     features = label_manifest["metrics"]["feature_names"]
-    reference = pl.scan_parquet(label_path / "reference.parquet").rename(
+    reference = pl.scan_parquet(label.path / layout.REFERENCE).rename(
         {"id": "example_id", **{f: f"{f}_ref" for f in features}}
     )
     return (
-        pl.scan_parquet(sample_path / "samples" / "*.parquet")
+        layout.scan_samples(sample)
         .join(
-            pl.scan_parquet(label_path / "labels.parquet"),
+            pl.scan_parquet(label.path / layout.LABELS),
             on=["site", "example_id", "sample_idx"],
             how="left",
         )

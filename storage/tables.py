@@ -13,7 +13,3 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     df.write_parquet(tmp, compression="zstd", statistics=True)
     os.replace(tmp, path)
-
-
-def read_table(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(path)

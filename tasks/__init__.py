@@ -1,12 +1,14 @@
 """Interpretability tasks (one module each) and the presets that ship with the package.
 
 Task modules are imported lazily by name, so a stage's cache key depends only on the source of
-the task it runs. A task module provides ``NAME``, ``generate_prior(n_train, n_test, seed,
-options)`` and ``FEATURES`` (name -> feature function of one text). Optionally:
+the task it runs. A task module ``<task>`` provides ``NAME`` and ``generate_prior(n_train,
+n_test, seed, options)``; its built-in features live apart, in ``<task>_features`` (which the
+prior's key does not cover, so editing a feature reruns only ``label`` and ``fcr``), as
+``FEATURES`` (name -> feature function of one text) and optionally ``BATCH_FEATURES`` (name ->
+``fn(texts, context) -> labels``, features that need the prior's own labels or a labeller model,
+see ``tasks.features.FeatureContext``; the names in ``NEEDS_LABELLER`` exist only when the run
+configures a labeller). A task module may also provide:
 
-- ``BATCH_FEATURES``: name -> ``fn(texts, context) -> labels``, features that need the prior's
-  own labels or a labeller model (see ``tasks.features.FeatureContext``); the names in
-  ``NEEDS_LABELLER`` exist only when the run configures a labeller.
 - ``render(text, tokenizer) -> str``: the string the target reads for an input text (refusal:
   the chat template with a generation prompt); without it the target reads the text itself.
 - ``CHAT_TEMPLATE``: the chat template given to a target trained here.
@@ -40,6 +42,11 @@ def task_module_name(task: str) -> str:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; accepted: {', '.join(TASKS)}")
     return f"{__name__}.{task}"
+
+
+def features_module_name(task: str) -> str:
+    """The module of a task's built-in feature functions."""
+    return f"{task_module_name(task)}_features"
 
 
 def load_task(task: str) -> ModuleType:
@@ -81,9 +88,11 @@ def resolve_data_file(spec: str) -> Path:
     return path.resolve()
 
 
-def task_renderer(task: str, tokenizer) -> Callable[[str], str] | None:
-    """The function giving the string the target reads for an input text, or None (identity)."""
+def task_renderer(task: str, tokenizer, prefix: str = "") -> Callable[[str], str] | None:
+    """The function giving the string the target reads for an input text: the task's rendering
+    (refusal: the chat template), after ``prefix`` (a target trained here reads ``<eos>`` first).
+    None when the target reads the text itself."""
     render = getattr(load_task(task), "render", None)
     if render is None:
-        return None
-    return lambda text: render(text, tokenizer)
+        return (lambda text: prefix + text) if prefix else None
+    return lambda text: prefix + render(text, tokenizer)

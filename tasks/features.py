@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inversescope.tasks import load_task, task_module_name
+from inversescope.tasks import features_module_name
 
 FeatureFn = Callable[[str], Hashable | None]
 Labeller = Callable[[list[str]], list[str]]
@@ -43,7 +43,8 @@ class FeatureSpec:
     needs_labeller: bool = False
 
     @property
-    def ref(self) -> str:
+    def entry(self) -> str:
+        """``module:function`` as the run config names it."""
         return f"{self.module}:{self.function}"
 
     @property
@@ -70,15 +71,15 @@ class FeatureSpec:
             module = importlib.import_module(self.module)
         fn = getattr(module, self.function, None)
         if not callable(fn):
-            raise ValueError(f"feature {self.name!r}: {self.ref} is not a function")
+            raise ValueError(f"feature {self.name!r}: {self.entry} is not a function")
         return fn
 
 
-def parse_feature(name: str, ref: str) -> FeatureSpec:
-    module, sep, function = ref.rpartition(":")
+def parse_feature(name: str, entry: str) -> FeatureSpec:
+    module, sep, function = entry.rpartition(":")
     if not sep or not module or not function.isidentifier():
         raise ValueError(
-            f"feature {name!r}: {ref!r} is not of the form package.module:function or "
+            f"feature {name!r}: {entry!r} is not of the form package.module:function or "
             "/path/to/file.py:function"
         )
     return FeatureSpec(name, module, function)
@@ -89,25 +90,25 @@ def resolve_features(
 ) -> dict[str, FeatureSpec]:
     """Built-in features of ``task`` (those needing a labeller only when one is configured) plus
     the user's, each checked to exist and be callable."""
-    module = load_task(task)
-    mod_name = task_module_name(task)
+    mod_name = features_module_name(task)
+    module = importlib.import_module(mod_name)
     specs = {n: FeatureSpec(n, mod_name, f.__name__) for n, f in module.FEATURES.items()}
     needs = set(getattr(module, "NEEDS_LABELLER", ()))
     for n, f in getattr(module, "BATCH_FEATURES", {}).items():
         if n not in needs or has_labeller:
             specs[n] = FeatureSpec(n, mod_name, f.__name__, batched=True, needs_labeller=n in needs)
-    for name, ref in user.items():
+    for name, entry in user.items():
         if name in specs:
             raise ValueError(
                 f"feature name {name!r} is a built-in feature of task {task!r}; choose another name"
             )
-        spec = parse_feature(name, ref)
+        spec = parse_feature(name, entry)
         if spec.is_file and not Path(spec.module).is_file():
             raise ValueError(f"feature {name!r}: file {spec.module!r} does not exist")
         try:
             spec.load()
         except (ImportError, SyntaxError, AttributeError) as e:
-            raise ValueError(f"feature {name!r}: cannot load {spec.ref} ({e})") from e
+            raise ValueError(f"feature {name!r}: cannot load {spec.entry} ({e})") from e
         specs[name] = spec
     return specs
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import random
 import re
-from collections.abc import Callable, Hashable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,7 +21,6 @@ from inversescope.tasks.splits import unique_splits
 
 if TYPE_CHECKING:
     from inversescope.tasks import PriorOptions
-    from inversescope.tasks.features import FeatureContext
 
 NAME = "icl"
 LANGUAGES = ("english", "french", "italian", "spanish")
@@ -30,11 +28,7 @@ DIRECTIONS: tuple[tuple[str, str], ...] = tuple(
     [("english", lang) for lang in LANGUAGES[1:]] + [(lang, "english") for lang in LANGUAGES[1:]]
 )
 SHOTS = 4
-_PAIR = re.compile(r"Input: (?P<src>[^\s,]+), Output: (?P<tgt>[^\s,]+)")
 _WORD = re.compile(r"[^\s,]+")
-_PROMPT = re.compile(
-    r"(?P<demos>(?:Input: [^\s,]+, Output: [^\s,]+\n)+)Input: (?P<query>[^\s,]+), Output:"
-)
 
 
 def direction_name(direction: tuple[str, str]) -> str:
@@ -75,12 +69,12 @@ def check_files(paths: list[Path]) -> None:
         load_words(str(paths[0]))
 
 
-def _words_path(files) -> str | None:
+def words_path(files) -> str | None:
     return str(files[0]) if files else None
 
 
 @cache
-def _lexicon(path: str | None = None) -> dict[tuple[str, str], dict[str, str]]:
+def lexicon(path: str | None = None) -> dict[tuple[str, str], dict[str, str]]:
     """For each direction, source word -> target word."""
     rows = load_words(path)
     return {(s, t): {r[s]: r[t] for r in rows} for s, t in DIRECTIONS}
@@ -108,40 +102,5 @@ def generate_prior(
     n_train: int, n_test: int, seed: int, options: PriorOptions | None = None
 ) -> tuple[list[dict], list[dict]]:
     """Disjoint train and test prompts, deterministic in ``seed``; ``id`` is the row number."""
-    rows = load_words(_words_path(options.files if options else ()))
+    rows = load_words(words_path(options.files if options else ()))
     return unique_splits(lambda rng: make_prompt(rng, rows), n_train, n_test, seed)
-
-
-def parse(text: str) -> dict[str, str] | None:
-    m = _PROMPT.fullmatch(text.strip())
-    if m is None:
-        return None
-    return {"demos": m.group("demos"), "query": m.group("query")}
-
-
-def task_of(text: str, words: str | None = None) -> str | None:
-    """The direction every demonstration is a translation in (``english->french``, ...) under
-    the word list ``words`` (default: the shipped one), or ``None`` when the text is malformed
-    or no single direction fits all demonstrations."""
-    parsed = parse(text)
-    if parsed is None:
-        return None
-    pairs = [(m.group("src"), m.group("tgt")) for m in _PAIR.finditer(parsed["demos"])]
-    fits = [d for d, lex in _lexicon(words).items() if all(lex.get(s) == t for s, t in pairs)]
-    return direction_name(fits[0]) if len(fits) == 1 else None
-
-
-def task(texts: list[str], context: FeatureContext) -> list[str | None]:
-    """Feature ``task``: :func:`task_of` under the run's word list."""
-    words = _words_path(context.files)
-    return [task_of(t, words) for t in texts]
-
-
-def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
-    """The word after the last ``Input:``, or ``None`` when the text is malformed."""
-    parsed = parse(text)
-    return None if parsed is None else parsed["query"]
-
-
-FEATURES: dict[str, Callable[[str], Hashable | None]] = {"input": input}
-BATCH_FEATURES = {"task": task}

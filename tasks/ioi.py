@@ -13,8 +13,6 @@ Every template has the slots ``{N1}``/``{N2}`` (first clause), ``{S}`` (the repe
 from __future__ import annotations
 
 import random
-import re
-from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from inversescope.tasks.splits import unique_splits
@@ -125,30 +123,6 @@ OBJECTS: tuple[str, ...] = (
     "bag",
 )
 
-_NAME_SET = frozenset(NAMES)
-_SLOT = re.compile(r"\{(N1|N2|S|PLACE|OBJECT)\}")
-_SLOT_PATTERN = {
-    "N1": r"(?P<n1>[A-Z][a-z]+)",
-    "N2": r"(?P<n2>[A-Z][a-z]+)",
-    "S": r"(?P<s>[A-Z][a-z]+)",
-    "PLACE": r"(?P<place>[a-z]+)",
-    "OBJECT": r"(?P<object>[a-z]+)",
-}
-
-
-def _template_regex(template: str) -> re.Pattern[str]:
-    parts: list[str] = []
-    pos = 0
-    for m in _SLOT.finditer(template):
-        parts.append(re.escape(template[pos : m.start()]))
-        parts.append(_SLOT_PATTERN[m.group(1)])
-        pos = m.end()
-    parts.append(re.escape(template[pos:]))
-    return re.compile("".join(parts))
-
-
-_TEMPLATE_REGEXES = tuple(_template_regex(t) for t in TEMPLATES)
-
 
 def make_prompt(rng: random.Random) -> dict[str, object]:
     """One IOI prompt with its metadata (template, order, names, place, object, answer)."""
@@ -186,37 +160,3 @@ def generate_prior(
             f"at most {capacity // 4} are accepted"
         )
     return unique_splits(make_prompt, n_train, n_test, seed)
-
-
-def parse(text: str) -> dict[str, str] | None:
-    """The names of a well-formed IOI prompt, or ``None``.
-
-    Well-formed: the whole text (surrounding whitespace aside) is one of the templates, with
-    two distinct known names in the first clause and one of them repeated as the subject.
-    Place and object may be any lower-case word.
-    """
-    stripped = text.strip()
-    for regex in _TEMPLATE_REGEXES:
-        m = regex.fullmatch(stripped)
-        if m is None:
-            continue
-        n1, n2, s = m.group("n1"), m.group("n2"), m.group("s")
-        if n1 == n2 or not {n1, n2, s} <= _NAME_SET or s not in (n1, n2):
-            return None
-        return {"subject": s, "object": n2 if s == n1 else n1}
-    return None
-
-
-def subject(text: str) -> str | None:
-    """The name that occurs twice (the subject), or ``None`` if ``text`` is not an IOI prompt."""
-    parsed = parse(text)
-    return None if parsed is None else parsed["subject"]
-
-
-def object(text: str) -> str | None:  # noqa: A001 - the paper's feature name
-    """The name that occurs once (the indirect object), or ``None`` if not an IOI prompt."""
-    parsed = parse(text)
-    return None if parsed is None else parsed["object"]
-
-
-FEATURES: dict[str, Callable[[str], Hashable | None]] = {"subject": subject, "object": object}

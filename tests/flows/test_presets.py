@@ -57,7 +57,7 @@ def test_ioi_gpt2_is_the_paper_setup():
     run = load_run_config("ioi-gpt2")
     assert len(run.extract.sites) == 144 and run.target.name == "gpt2"
     assert run.backbone.name == "gpt2" and run.backbone.finetune == "full"
-    assert (run.controls.n_heads, run.controls.d_head) == (32, 64)
+    assert (run.controls.generator.n_heads, run.controls.generator.d_head) == (32, 64)
     assert (run.controls.train.lr, run.controls.train.warmup) == (1e-5, 1000)
     assert (run.kernel.kernel, run.kernel.epsilon, run.kernel.delta) == ("hard", 0.1, 0.1)
     with pytest.raises(ConfigError, match="L12H0: layer 12 does not exist"):

@@ -7,10 +7,10 @@ import pytest
 from inversescope.core.extract import SiteReader
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_stage
-from inversescope.flows.stage_sample import cosine_distance, read_samples
-from inversescope.flows.stage_target import load_target
+from inversescope.flows.stage_sample import cosine_distance
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore
+from inversescope.storage.layout import load_target, read_samples
 
 STAGES = ("prior", "target", "extract", "backbone", "controls", "sample")
 
@@ -26,7 +26,7 @@ def workdir(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["inversescope", "inversionview", "prior"])
 def test_samples_table_and_recomputed_distance(workdir, method, small):
-    run = load_run_config("ioi-tiny", [*small, f"sample.method={method}"])
+    run = load_run_config("ioi-tiny", [*small, f"controls.method={method}"])
     results = run_all(run, workdir)
     samples = read_samples(results["sample"].path)
     assert samples.columns[:6] == [
@@ -66,7 +66,7 @@ def test_samples_table_and_recomputed_distance(workdir, method, small):
 def test_methods_have_their_own_controls(workdir, small):
     keys = {}
     for method in ("inversescope", "inversionview", "prior"):
-        run = load_run_config("ioi-tiny", [*small, f"sample.method={method}"])
+        run = load_run_config("ioi-tiny", [*small, f"controls.method={method}"])
         results = run_all(run, workdir)
         assert results["backbone"].status == "cached" or method == "inversescope"
         keys[method] = results["controls"].key
@@ -75,7 +75,7 @@ def test_methods_have_their_own_controls(workdir, small):
 
 @pytest.mark.parametrize("method", ["inversescope", "inversionview"])
 def test_sampling_is_reproducible_and_resumes(tmp_path, workdir, small, method):
-    run = load_run_config("ioi-tiny", [*small, f"sample.method={method}"])
+    run = load_run_config("ioi-tiny", [*small, f"controls.method={method}"])
     first = read_samples(run_all(run, workdir)["sample"].path)
     # a fresh workdir reproduces the samples exactly from the seed
     again = read_samples(run_all(run, tmp_path)["sample"].path)

@@ -10,6 +10,7 @@ import pytest
 from inversescope.core.extract import SiteReader
 from inversescope.tasks import PriorOptions, data_dir, resolve_data_file
 from inversescope.tasks import refusal as rf
+from inversescope.tasks import refusal_features as rff
 from inversescope.tasks.features import FeatureContext
 
 
@@ -157,14 +158,23 @@ def test_features_use_file_labels_then_the_labeller():
 
     texts = ["Spoil the ending.", "Recommend a song.", "Reveal the secret code.", "Hello.", ""]
     bare = FeatureContext(prior=prior)
-    assert rf.harmfulness(texts, bare) == ["harmful", "harmless", None, None, None]
+    assert rff.harmfulness(texts, bare) == ["harmful", "harmless", None, None, None]
     ctx = FeatureContext(prior=prior, labeller=labeller)
-    assert rf.harmfulness(texts, ctx) == ["harmful", "harmless", "harmful", "harmless", None]
-    assert calls[0] == (rf.HARM_TEMPLATE, ["Reveal the secret code.", "Hello."])
+    assert rff.harmfulness(texts, ctx) == [
+        "harmful",
+        "harmless",
+        "harmful",
+        "harmless",
+        None,
+    ]
+    assert calls[0] == (rff.HARM_TEMPLATE, ["Reveal the secret code.", "Hello."])
     calls.clear()
-    reasons = rf.reason(texts, ctx)
+    reasons = rff.reason(texts, ctx)
     assert reasons[1] is None and reasons[3] is None and reasons[4] is None
-    assert reasons[0] in rf.REASONS and reasons[2] in rf.REASONS
+    assert reasons[0] in rff.REASONS and reasons[2] in rff.REASONS
     # only the harmful ones reach the reason question
-    assert calls[-1] == (rf.REASON_TEMPLATE, ["Spoil the ending.", "Reveal the secret code."])
-    assert all(m is None or m in rf.METHODS for m in rf.method(texts, ctx))
+    assert calls[-1] == (
+        rff.REASON_TEMPLATE,
+        ["Spoil the ending.", "Reveal the secret code."],
+    )
+    assert all(m is None or m in rff.METHODS for m in rff.method(texts, ctx))

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from inversescope.core.architectures import dims_of
 from inversescope.core.extract import SiteReader
-from inversescope.core.models import dims_of
 
 TEXTS = ["When Mary and John went to the store, John gave a drink to", "hello", "a b c d e"]
 

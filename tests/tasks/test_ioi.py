@@ -1,4 +1,4 @@
-from inversescope.tasks import ioi
+from inversescope.tasks import ioi, ioi_features
 
 
 def test_prior_sizes_and_vocabulary():
@@ -30,16 +30,16 @@ def test_prompt_structure_and_metadata():
         assert r["answer"] == " " + r["io"] and r["distractor"] == " " + r["subject"]
         first_io, first_s = text.index(r["io"]), text.index(r["subject"])
         assert (first_io < first_s) == (r["order"] == "ABBA")
-        assert ioi.subject(text) == r["subject"]
-        assert ioi.object(text) == r["io"]
+        assert ioi_features.subject(text) == r["subject"]
+        assert ioi_features.object(text) == r["io"]
 
 
 def test_wang_example():
     text = "When Mary and John went to the store, John gave a drink to"
-    assert ioi.subject(text) == "John"
-    assert ioi.object(text) == "Mary"
+    assert ioi_features.subject(text) == "John"
+    assert ioi_features.object(text) == "Mary"
     # surrounding whitespace, as decoded samples often have, does not matter
-    assert ioi.object("  " + text + " ") == "Mary"
+    assert ioi_features.object("  " + text + " ") == "Mary"
 
 
 def test_features_are_none_on_malformed_text():
@@ -54,10 +54,10 @@ def test_features_are_none_on_malformed_text():
         "Then, Mary and John went to the store. John gave a drink",
     ]
     for text in malformed:
-        assert ioi.subject(text) is None, text
-        assert ioi.object(text) is None, text
+        assert ioi_features.subject(text) is None, text
+        assert ioi_features.object(text) is None, text
 
 
 def test_place_and_object_may_be_new_words():
     text = "When Mary and John went to the beach, Mary gave a kite to"
-    assert (ioi.subject(text), ioi.object(text)) == ("Mary", "John")
+    assert (ioi_features.subject(text), ioi_features.object(text)) == ("Mary", "John")

@@ -1,4 +1,4 @@
-from inversescope.tasks import icl
+from inversescope.tasks import icl, icl_features
 
 
 def test_word_list():
@@ -20,21 +20,21 @@ def test_prior_is_deterministic_disjoint_and_balanced():
 
 def test_features_recover_the_prompt():
     train, _ = icl.generate_prior(600, 10, seed=0)
-    agree = sum(icl.task_of(r["text"]) == r["task"] for r in train)
+    agree = sum(icl_features.task_of(r["text"]) == r["task"] for r in train)
     assert agree >= 0.98 * len(train)  # a few demos fit two directions: None
-    assert all(icl.task_of(r["text"]) in (r["task"], None) for r in train)
-    assert all(icl.input(r["text"]) == r["input"] for r in train)
+    assert all(icl_features.task_of(r["text"]) in (r["task"], None) for r in train)
+    assert all(icl_features.input(r["text"]) == r["input"] for r in train)
     assert all(r["text"].count("Input:") == icl.SHOTS + 1 for r in train)
 
 
 def test_example_and_malformed():
     text = "Input: dog, Output: chien\nInput: cat, Output: chat\nInput: water, Output:"
-    assert icl.task_of(text) == "english->french"
-    assert icl.input(text) == "water"
+    assert icl_features.task_of(text) == "english->french"
+    assert icl_features.input(text) == "water"
     back = "Input: perro, Output: dog\nInput: gato, Output: cat\nInput: agua, Output:"
-    assert icl.task_of(back) == "spanish->english"
+    assert icl_features.task_of(back) == "spanish->english"
     mixed = "Input: dog, Output: chien\nInput: cat, Output: gatto\nInput: water, Output:"
-    assert icl.task_of(mixed) is None and icl.input(mixed) == "water"
+    assert icl_features.task_of(mixed) is None and icl_features.input(mixed) == "water"
     for bad in [
         "",
         "Input: dog, Output:",
@@ -42,7 +42,7 @@ def test_example_and_malformed():
         "hello world",
         "Input: dog, Output: chien\nInput: water, Output: eau",
     ]:
-        assert icl.task_of(bad) is None and icl.input(bad) is None, bad
+        assert icl_features.task_of(bad) is None and icl_features.input(bad) is None, bad
 
 
 def write_words(path, rows):
@@ -65,9 +65,9 @@ def test_user_word_list(tmp_path):
     for r in train + test:
         assert r["input"] in words and r["answer"].strip() in words
     ctx = FeatureContext(files=(path,))
-    got = icl.task([r["text"] for r in train], ctx)
+    got = icl_features.task([r["text"] for r in train], ctx)
     assert got == [r["task"] for r in train]  # the user's lexicon decides the direction
-    assert icl.task([train[0]["text"]], FeatureContext()) == [None]  # shipped list: no fit
+    assert icl_features.task([train[0]["text"]], FeatureContext()) == [None]  # shipped list: no fit
 
 
 def test_bad_user_word_lists(tmp_path):

@@ -9,11 +9,9 @@ from inversescope.flows.cli import main
 from inversescope.flows.config import ConfigError, check_run, load_run_config
 from inversescope.flows.errors import StageError
 from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage
-from inversescope.flows.stage_fcr import RESULTS, SCHEMA
-from inversescope.flows.stage_label import read_labels
-from inversescope.flows.stage_prior import read_split
-from inversescope.flows.stage_sample import read_samples
+from inversescope.flows.stage_fcr import SCHEMA
 from inversescope.storage.artifacts import ArtifactStore
+from inversescope.storage.layout import RESULTS, read_labels, read_samples, read_split
 from inversescope.storage.queries import scan_results
 
 FIRST_WORD = (

@@ -1,0 +1,206 @@
+"""Every file name inside the artifacts, and every reader and writer of them, in one place.
+
+Stages and queries go through this module: a stage never rebuilds another stage's paths or
+imports another stage to read its output.
+
+```
+prior/<key>/      train.parquet, test.parquet
+target/<key>/     target.json (where the model comes from), model/, tokenizer/ (trained here)
+extract/<key>/    activations.zarr (see storage.activations)
+backbone/<key>/   model/, tokenizer/
+controls/<key>/   controls.pt (self-describing checkpoint), controls.json (its config)
+sample/<key>/     samples/<site>.parquet, listed in the manifest's metrics.parts
+label/<key>/      labels.parquet, reference.parquet
+label/features/   per-feature label cache;  label/labeller.sqlite: the labeller's memo
+fcr/<key>/        results.parquet and plots
+```
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from inversescope.core.config import TargetConfig
+from inversescope.storage.artifacts import MANIFEST, Artifact, write_json_atomic
+from inversescope.storage.tables import write_parquet_atomic
+
+SPLITS: tuple[str, ...] = ("train", "test")
+TARGET_RECORD = "target.json"
+MODEL_DIR = "model"
+TOKENIZER_DIR = "tokenizer"
+CONTROLS_CHECKPOINT = "controls.pt"
+CONTROLS_CONFIG = "controls.json"
+SAMPLES_DIR = "samples"
+LABELS = "labels.parquet"
+REFERENCE = "reference.parquet"
+RESULTS = "results.parquet"
+FEATURE_CACHE = "features"
+LABELLER_CACHE = "labeller.sqlite"
+
+
+def _root(artifact: Artifact | Path) -> Path:
+    return artifact.path if isinstance(artifact, Artifact) else Path(artifact)
+
+
+# --- prior --------------------------------------------------------------------------------
+def write_split(out: Path, split: str, df: pl.DataFrame) -> None:
+    write_parquet_atomic(df, out / f"{split}.parquet")
+
+
+def read_split(prior: Artifact | Path, split: str) -> pl.DataFrame:
+    """One split of the prompt prior (id, text, the task's columns)."""
+    return pl.read_parquet(_root(prior) / f"{split}.parquet")
+
+
+# --- models: target and backbone ----------------------------------------------------------
+def save_model(out: Path, model, tokenizer) -> None:
+    model.save_pretrained(out / MODEL_DIR)
+    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+
+
+def load_saved_model(root: Path, device: str = "cpu", dtype=None):
+    """(model, tokenizer) saved by ``save_model`` under ``root``."""
+    # transformers deferred: readers of tables must not pay for it
+    from inversescope.core.models import load_model, load_tokenizer
+
+    return (
+        load_model(root / MODEL_DIR, device=device, dtype=dtype),
+        load_tokenizer(root / TOKENIZER_DIR),
+    )
+
+
+def load_saved_tokenizer(root: Artifact | Path):
+    from inversescope.core.models import load_tokenizer  # transformers: deferred as above
+
+    return load_tokenizer(_root(root) / TOKENIZER_DIR)
+
+
+def write_target_record(out: Path, record: dict[str, Any]) -> None:
+    """Where the target's weights live (``source``: train, hub or local) and the prefix it was
+    trained to read texts after."""
+    write_json_atomic(out / TARGET_RECORD, record)
+
+
+def target_record(target: Artifact) -> dict[str, Any]:
+    return json.loads((target.path / TARGET_RECORD).read_text(encoding="utf-8"))
+
+
+def target_prefix(target: Artifact) -> str:
+    """What the target reads before every text (a target trained here: ``<eos>``)."""
+    return target_record(target).get("prefix") or ""
+
+
+def load_target(target: Artifact, device: str = "cpu", dtype=None):
+    """(model, tokenizer) of a target artifact, wherever the weights live (``dtype``: a torch
+    dtype, default float32)."""
+    record = target_record(target)
+    if record["source"] == "train":
+        return load_saved_model(target.path, device, dtype)
+    source = TargetConfig(
+        source=record["source"],
+        name=record["name"],
+        revision=record["revision"] or "main",
+        path=record["path"],
+    )
+    return source.load(device, dtype)
+
+
+def load_backbone(backbone: Artifact, device: str = "cpu"):
+    """(fine-tuned backbone, its tokenizer)."""
+    return load_saved_model(backbone.path, device)
+
+
+# --- controls -----------------------------------------------------------------------------
+def save_controls(out: Path, ckpt: dict[str, Any]) -> None:
+    """A self-describing checkpoint (``core.methods.checkpoint``) and its config as JSON."""
+    import torch  # deferred: only checkpoints need it
+
+    torch.save(ckpt, out / CONTROLS_CHECKPOINT)
+    write_json_atomic(out / CONTROLS_CONFIG, {k: v for k, v in ckpt.items() if k != "state"})
+
+
+def load_controls(controls: Artifact, backbone):
+    """(sampling method, its model on ``backbone``) from the checkpoint alone."""
+    import torch  # deferred with the methods: table readers must not import torch
+
+    from inversescope.core.methods import from_checkpoint
+
+    ckpt = torch.load(controls.path / CONTROLS_CHECKPOINT, map_location="cpu", weights_only=True)
+    return from_checkpoint(ckpt, backbone)
+
+
+# --- samples ------------------------------------------------------------------------------
+def sample_part(out: Path, site: str) -> Path:
+    """The Parquet part holding one site's samples."""
+    return out / SAMPLES_DIR / f"{site}.parquet"
+
+
+def sample_part_name(site: str) -> str:
+    """A part's path relative to its artifact, as the manifest lists it."""
+    return f"{SAMPLES_DIR}/{site}.parquet"
+
+
+def read_sample_parts(root: Path, parts: list[str]) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(root / p) for p in parts])
+
+
+def sample_parts(sample: Artifact | Path) -> list[str]:
+    """The parts a committed sample artifact's manifest lists (never a glob: a stray file is
+    not a sample)."""
+    if isinstance(sample, Artifact):
+        manifest = sample.manifest
+    else:
+        manifest = json.loads((Path(sample) / MANIFEST).read_text(encoding="utf-8"))
+    return list(manifest["metrics"]["parts"])
+
+
+def read_samples(sample: Artifact | Path) -> pl.DataFrame:
+    """Every sample of a committed sample artifact, from the parts its manifest lists."""
+    return read_sample_parts(_root(sample), sample_parts(sample))
+
+
+def scan_samples(sample: Artifact | Path) -> pl.LazyFrame:
+    return pl.scan_parquet([str(_root(sample) / p) for p in sample_parts(sample)])
+
+
+# --- labels and results -------------------------------------------------------------------
+def write_labels(out: Path, labels: pl.DataFrame, reference: pl.DataFrame) -> None:
+    write_parquet_atomic(labels, out / LABELS)
+    write_parquet_atomic(reference, out / REFERENCE)
+
+
+def read_labels(label: Artifact) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(sample labels keyed by site, example_id, sample_idx; reference labels keyed by id)."""
+    return pl.read_parquet(label.path / LABELS), pl.read_parquet(label.path / REFERENCE)
+
+
+def feature_cache_dir(workdir: Path) -> Path:
+    """Labels per feature, shared by every label artifact of a workdir."""
+    return Path(workdir) / "label" / FEATURE_CACHE
+
+
+def labeller_cache_path(workdir: Path) -> Path:
+    return Path(workdir) / "label" / LABELLER_CACHE
+
+
+def results_path(fcr: Artifact | Path) -> Path:
+    return _root(fcr) / RESULTS
+
+
+def heads_plot_path(out: Path, feature: str) -> Path:
+    """FCR per layer x head of one feature."""
+    return out / f"fcr_heads_{feature}.png"
+
+
+def layers_plot_path(out: Path) -> Path:
+    """FCR per layer of every feature, with chance dotted."""
+    return out / "fcr_layers.png"
+
+
+def refusal_plot_path(out: Path) -> Path:
+    """Refusal rate over sites."""
+    return out / "refusal_hist.png"
