@@ -64,6 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_args(srv, "preset name or YAML file: the deployment's defaults")
     sub.add_parser("presets", help="list the presets that ship with the package")
+    dep = sub.add_parser(
+        "deploy",
+        help="register the task's flow as a deployment on a Prefect work pool (server: "
+        "PREFECT_API_URL); workers of the pool run what the UI schedules",
+    )
+    _add_config_args(dep, "preset name or YAML file: the deployment's default parameters")
+    dep.add_argument("--pool", required=True, help="work pool (create it first)")
+    dep.add_argument("--name", default=None, help="deployment name (default: the preset)")
+    dep.add_argument("--image", default=None, help="worker image (docker/kubernetes pools)")
+    dep.add_argument(
+        "--gpu-slots",
+        type=int,
+        default=None,
+        help="size of the global concurrency limit `gpu` (created with 1 if absent)",
+    )
     res = sub.add_parser("results", help="print the FCR table of the latest run under WORKDIR")
     res.add_argument("workdir")
     res.add_argument("--all", action="store_true", help="every run under WORKDIR, by run_key")
@@ -97,6 +112,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from inversescope.flows.pipeline import deployment
 
     serve(deployment(run, str(Path(args.workdir).resolve())))
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    run = load_run_config(args.config, args.overrides)
+    _configure_prefect_env()
+    from inversescope.flows.config import check_run
+    from inversescope.flows.deploy import deploy
+
+    check_run(run)
+    out = deploy(
+        run,
+        pool=args.pool,
+        workdir=str(Path(args.workdir).resolve()),
+        name=args.name,
+        image=args.image,
+        gpu_slots=args.gpu_slots,
+    )
+    print(f"deployment {out.name} ({out.id}) on pool {out.pool}; gpu limit: {out.gpu_limit}")
+    print(f"run it: prefect deployment run '{out.name}', or from the UI")
     return 0
 
 
@@ -147,9 +182,16 @@ def _cmd_samples(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets() -> int:
+    from importlib import resources
+
+    from inversescope.core.sizing import GPU_BYTES, size_config
     from inversescope.flows.config import target_dims
     from inversescope.tasks import preset_names
 
+    def _count(n: int) -> str:
+        return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.1f} M"
+
+    config_dir = Path(str(resources.files("inversescope.tasks") / "model_configs"))
     print(f"{'preset':22s} {'task':8s} {'target':38s} {'sites':>5s} {'activations':>12s}")
     for name in preset_names():
         cfg = load_run_config(name)
@@ -162,6 +204,26 @@ def _cmd_presets() -> int:
         itemsize = 4 if cfg.extract.dtype == "float32" else 2
         size = "?" if width is None else _human(rows * len(cfg.extract.sites) * width * itemsize)
         print(f"{name:22s} {cfg.task:8s} {target:38s} {len(cfg.extract.sites):5d} {size:>12s}")
+        try:
+            sizes = size_config(cfg, config_dir)
+        except ValueError as e:
+            print(f"    sizes unknown: {e}")
+            continue
+        print(
+            f"    params: target {_count(sizes.target_params)} (to deepest site "
+            f"{_count(sizes.target_truncated_params)}), backbone {_count(sizes.backbone_params)}"
+            + "".join(
+                f", {m} {_count(p)} (trainable {_count(sizes.trainable_params[m])})"
+                for m, p in sizes.controls_params.items()
+            )
+        )
+        peaks = [(stage, sizes.peak(stage)) for stage in sizes.stages]
+        print(
+            "    peak GPU memory (estimate, 80 GB GPU): "
+            + ", ".join(
+                f"{s} {_human(b)}{'' if b <= GPU_BYTES else ' (too big)'}" for s, b in peaks
+            )
+        )
     return 0
 
 
@@ -217,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_presets()
         if args.command == "serve":
             return _cmd_serve(args)
+        if args.command == "deploy":
+            return _cmd_deploy(args)
         if args.command == "results":
             return _cmd_results(args)
         if args.command == "samples":

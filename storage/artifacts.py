@@ -9,7 +9,6 @@ keeps its partial directory across a crash and picks it up on the next run.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -88,19 +87,12 @@ class ArtifactStore:
 
     @contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:
-        """Exclusive lock on one (stage, key) across processes; waits for a holder to finish."""
-        (self.workdir / stage).mkdir(parents=True, exist_ok=True)
-        lock_path = self.workdir / stage / f".{key}.lock"
-        with lock_path.open("a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                log.info("waiting for another run building %s/%s", stage, key)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        """Exclusive lock on one (stage, key) across processes and hosts sharing the workdir;
+        waits for a holder to finish, takes over from a dead one (``storage.locks``)."""
+        from inversescope.storage.locks import LeaseLock
+
+        with LeaseLock(self.workdir / stage / f".{key}.lease"):
+            yield
 
     def begin(self, stage: str, key: str, resumable: bool) -> Path:
         """The partial directory to build in (call under ``lock``). A non-resumable stage starts
