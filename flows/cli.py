@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from inversescope.flows.config import ConfigError, load_run_config
@@ -235,6 +237,26 @@ def _human(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+@contextmanager
+def _server_for_workers(needed: bool) -> Iterator[None]:
+    """Without ``PREFECT_API_URL`` a flow runs on a temporary server that only this process
+    knows; Dask workers are other processes, so for them start it here and name it in the
+    environment they inherit."""
+    if not needed or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield
+    finally:
+        del os.environ["PREFECT_API_URL"]
+        server.stop()
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from inversescope.flows.config import check_run
     from inversescope.flows.stage import STAGE_ORDER
@@ -247,7 +269,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _configure_prefect_env()
     from inversescope.flows.pipeline import flow_for
 
-    out = flow_for(run.task)(run, str(workdir), args.until)
+    with _server_for_workers(run.runner.kind == "dask"):
+        out = flow_for(run.task)(run, str(workdir), args.until)
     out = {**out, "preset": run.preset, "task": run.task, "workdir": str(workdir)}
     if args.json:
         print(json.dumps(out))

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from inversescope.core.config import (
     BackboneConfig,
@@ -38,6 +45,46 @@ from inversescope.tasks.features import resolve_features
 
 class ConfigError(ValueError):
     """A user's bad input: the message is one line that names the value."""
+
+
+class RunnerConfig(BaseModel):
+    """Where the stages run: one process, or fanned out on a Dask cluster (extract and sample
+    in shards; every other stage as one task on some worker). Changes nothing in the results,
+    so it is in no cache key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "dask"] = Field(
+        "local", description="local: this process; dask: a Dask cluster, through prefect-dask."
+    )
+    address: str | None = Field(
+        None,
+        description="dask: the scheduler of an existing cluster (tcp://host:8786; a "
+        "dask-jobqueue SLURMCluster's or Dask on Kubernetes'); none: a LocalCluster here.",
+    )
+    n_workers: int = Field(2, gt=0, description="dask without address: LocalCluster workers.")
+    threads_per_worker: int = Field(
+        1, gt=0, description="dask without address: threads (and torch threads) per worker."
+    )
+    shards: int = Field(
+        16,
+        gt=0,
+        le=1000,
+        description="Shards per fanned-out stage (extract: chunk-aligned row ranges; sample: "
+        "groups of (site, block) units). Tens to hundreds: a self-hosted server struggles "
+        "with thousands of task runs.",
+    )
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> RunnerConfig:
+        if self.address is not None and self.kind != "dask":
+            raise ValueError(f"runner.address={self.address!r} needs runner.kind=dask")
+        if self.address is not None and not self.address.startswith(("tcp://", "tls://")):
+            raise ValueError(
+                f"runner.address={self.address!r}: expected a scheduler address such as "
+                "tcp://host:8786"
+            )
+        return self
 
 
 class RunConfig(BaseModel):
@@ -78,6 +125,9 @@ class RunConfig(BaseModel):
     )
     label: LabelConfig = Field(default_factory=LabelConfig, description="Stage label.")
     fcr: FcrConfig = Field(default_factory=FcrConfig, description="Stage fcr.")
+    runner: RunnerConfig = Field(
+        default_factory=RunnerConfig, description="Where stages run: here, or on Dask."
+    )
 
     @property
     def sample_sites(self) -> list[str]:

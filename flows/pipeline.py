@@ -32,7 +32,7 @@ from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from inversescope.flows.config import ConfigError, RunConfig, check_run, load_run_config
-from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage, stage_module
+from inversescope.flows.stage import STAGE_ORDER, is_sharded, run_keys, run_stage, stage_module
 from inversescope.storage.artifacts import ArtifactStore
 from inversescope.tasks import TASKS, preset_names, preset_path
 
@@ -67,7 +67,7 @@ def gpu_limit_exists() -> bool:
 
 
 @contextmanager
-def _gpu_slot(use: bool) -> Iterator[None]:
+def gpu_slot(use: bool) -> Iterator[None]:
     if not use:
         yield
         return
@@ -86,7 +86,7 @@ def _make_stage_task(name: str):
         logger = get_run_logger()
         cached = ArtifactStore(workdir).lookup(name, keys[name]) is not None
         hold = gpu and not cached and name in gpu_stages(run)
-        with _gpu_slot(hold):
+        with gpu_slot(hold):
             result = run_stage(name, run, workdir, keys)
         logger.info("%s %s: %s (%.1f s)", name, result.status, result.path, result.seconds)
         return result.to_json()
@@ -107,14 +107,31 @@ def stages_until(until: str | None) -> tuple[str, ...]:
 
 
 def _run_stages(run: RunConfig, workdir: str, names: tuple[str, ...]) -> dict[str, Any]:
-    """Submit every stage with ``wait_for`` on the stages it reads; raise the first failure."""
+    """Run the stages here, or (``runner.kind: dask``) in a subflow on a Dask task runner."""
+    if run.runner.kind == "dask":
+        from inversescope.flows.fanout import dask_task_runner  # distributed: only for dask
+
+        runner = dask_task_runner(run.runner)
+        return _stages_on_dask.with_options(task_runner=runner)(run, workdir, names)
+    return _submit_stages(run, workdir, names)
+
+
+def _submit_stages(run: RunConfig, workdir: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Submit every stage with ``wait_for`` on the stages it reads; raise the first failure.
+    On Dask, extract and sample fan out in shards (``flows.fanout``)."""
     keys = run_keys(run, names)
     gpu = bool(gpu_stages(run)) and gpu_limit_exists()
-    futures = {}
+    futures, shard_futures = {}, []
     for name in names:
         upstream = [futures[i] for i in stage_module(name).INPUTS if i in futures]
+        if run.runner.kind == "dask" and is_sharded(name):
+            from inversescope.flows.fanout import submit_sharded  # deferred as the runner
+
+            futures[name], shards = submit_sharded(name, run, workdir, keys, gpu, upstream)
+            shard_futures.extend(shards)
+            continue
         futures[name] = STAGE_TASKS[name].submit(run, workdir, keys, gpu, wait_for=upstream)
-    for done in as_completed(list(futures.values())):
+    for done in as_completed([*futures.values(), *shard_futures]):
         done.result()  # the failing stage finishes before its dependents: its error comes first
     results = {name: fut.result() for name, fut in futures.items()}
     _report(results)
@@ -130,6 +147,12 @@ def _report(results: dict[str, Any]) -> None:
     summary = "stages: " + ", ".join(f"{n} {r['status']}" for n, r in results.items())
     get_run_logger().info("%s%s", summary, " (all cached)" if statuses == {"cached"} else "")
     create_table_artifact(rows, key=STAGES_ARTIFACT, description=summary)
+
+
+@flow(name="inversescope-stages-dask", log_prints=False)
+def _stages_on_dask(run: RunConfig, workdir: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """The stages as tasks of a Dask task runner (set with ``with_options`` per run)."""
+    return _submit_stages(run, workdir, names)
 
 
 @flow(name="inversescope", log_prints=False)

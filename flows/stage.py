@@ -13,12 +13,17 @@ from __future__ import annotations
 import importlib
 import logging
 import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from inversescope.flows.faults import fault_point
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
 
@@ -63,6 +68,7 @@ class Stage(Protocol):
     NAME: str
     INPUTS: tuple[str, ...]  # upstream stages whose artifacts ``build`` reads
     RESUMABLE: bool  # keep the partial directory of a killed run and resume from it
+    # optional SEEDED = True: the build draws from the global random generators (see seeded)
 
     def config_of(self, run: RunConfig) -> dict[str, Any]:
         """What of the run config the artifact depends on (JSON-able, no I/O beyond
@@ -72,6 +78,19 @@ class Stage(Protocol):
     def build(self, ctx: StageContext) -> dict[str, Any]:
         """Write the artifact into ``ctx.out``; return the manifest's metrics."""
         ...
+
+
+class ShardedStage(Stage, Protocol):
+    """A stage that can also fan out (extract, sample): ``build`` runs every shard in one
+    process; fanned out, ``plan`` (once) creates what the shards share and returns the shards
+    still to run, ``run_shard`` (anywhere) writes one shard's disjoint output then its
+    done-marker, and ``finish`` (once) checks every marker and returns the metrics."""
+
+    def plan(self, ctx: StageContext, n_shards: int | None) -> list[dict[str, Any]]: ...
+
+    def run_shard(self, ctx: StageContext, shard: dict[str, Any]) -> dict[str, Any]: ...
+
+    def finish(self, ctx: StageContext) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextmanager
+def seeded(mod: Stage, seed: int) -> Iterator[None]:
+    """Seed the global random generators for a stage that draws from them (``SEEDED``: it
+    initialises or trains a model) and hold them for its whole build: stages run side by side
+    in threads of one process (extract beside backbone), and a reseed in the middle of another
+    stage's initialisation would change its weights. Other stages use their own generators and
+    neither seed nor wait."""
+    if not getattr(mod, "SEEDED", False):
+        yield
+        return
+    with _GLOBAL_RNG:
+        seed_everything(seed)
+        yield
+
+
 def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, str]:
     """Keys of ``names`` and of everything they read, each computed once. A key hashes the
     stage's config, its inputs' keys and its source closure. A flow takes this snapshot at its
@@ -119,6 +156,26 @@ def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, 
     return keys
 
 
+def _inputs(store: ArtifactStore, mod: Stage, keys: dict[str, str]) -> dict[str, Artifact]:
+    return {inp: store.require(inp, keys[inp]) for inp in mod.INPUTS}
+
+
+def _commit(
+    store: ArtifactStore, name: str, run: RunConfig, key: str, inputs, metrics, seconds: float
+) -> Artifact:
+    return store.commit(
+        name,
+        key,
+        {
+            "config": stage_module(name).config_of(run),
+            "inputs": {k: v.key for k, v in inputs.items()},
+            "run": run.model_dump(mode="json"),
+            "seconds": seconds,
+            "metrics": metrics,
+        },
+    )
+
+
 def run_stage(
     name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str] | None = None
 ) -> StageResult:
@@ -133,28 +190,78 @@ def run_stage(
     if hit is not None:
         log.info("%s: cached %s", name, hit.path)
         return StageResult(name, "cached", key, str(hit.path), round(timer.seconds, 3))
-    inputs: dict[str, Artifact] = {}
-    for inp in mod.INPUTS:
-        inputs[inp] = store.require(inp, keys[inp])
+    inputs = _inputs(store, mod, keys)
     with store.lock(name, key):
         hit = store.lookup(name, key)  # another process may have built it while we waited
         if hit is not None:
             return StageResult(name, "cached", key, str(hit.path), round(timer.seconds, 3))
         partial = store.begin(name, key, resumable=mod.RESUMABLE)
         log.info("%s: building %s", name, store.path(name, key))
-        seed_everything(run.seed)
-        metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
+        with seeded(mod, run.seed):
+            metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
         seconds = round(timer.seconds, 3)
-        art = store.commit(
-            name,
-            key,
-            {
-                "config": mod.config_of(run),
-                "inputs": {k: v.key for k, v in inputs.items()},
-                "run": run.model_dump(mode="json"),
-                "seconds": seconds,
-                "metrics": metrics,
-            },
-        )
+        art = _commit(store, name, run, key, inputs, metrics, seconds)
     log.info("%s: done in %.1f s -> %s", name, seconds, art.path)
+    return StageResult(name, "ran", key, str(art.path), seconds)
+
+
+# --- fan-out: plan, shards (anywhere), commit --------------------------------------------
+def is_sharded(name: str) -> bool:
+    """Whether stage ``name`` can fan out (``plan``, ``run_shard`` and ``finish``)."""
+    return hasattr(stage_module(name), "plan")
+
+
+def plan_stage(
+    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], n_shards: int
+) -> dict[str, Any]:
+    """Fan-out step 1: ``{"cached": StageResult json}`` when the artifact exists, else prepare
+    the partial directory (a sharded stage is resumable) and return ``{"shards": [...]}``, the
+    shards still to run (small dicts, never tensors)."""
+    store, key = ArtifactStore(workdir), keys[name]
+    mod = cast(ShardedStage, stage_module(name))
+    hit = store.lookup(name, key)
+    if hit is not None:
+        return {"cached": StageResult(name, "cached", key, str(hit.path), 0.0).to_json()}
+    inputs = _inputs(store, mod, keys)
+    with store.lock(name, key):
+        hit = store.lookup(name, key)
+        if hit is not None:
+            return {"cached": StageResult(name, "cached", key, str(hit.path), 0.0).to_json()}
+        partial = store.begin(name, key, resumable=True)
+        shards = mod.plan(StageContext(run, inputs, partial, key, store.workdir), n_shards)
+    log.info("%s: %d shards to run in %s", name, len(shards), partial)
+    return {"shards": shards, "started": time.time()}
+
+
+def run_stage_shard(
+    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], shard: dict[str, Any]
+) -> dict[str, Any]:
+    """Fan-out step 2, in any process or host that sees the workdir: one shard, under a lock of
+    its own (two runs never write one shard at once; the second finds it done)."""
+    store, key = ArtifactStore(workdir), keys[name]
+    mod = cast(ShardedStage, stage_module(name))
+    inputs = _inputs(store, mod, keys)
+    with store.lock(name, f"{key}-{shard['id']}"), seeded(mod, run.seed):
+        fault_point(name, shard["id"])
+        ctx = StageContext(run, inputs, store.partial_path(name, key), key, store.workdir)
+        return mod.run_shard(ctx, shard)
+
+
+def commit_stage(
+    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], started: float
+) -> StageResult:
+    """Fan-out step 3: check every shard's marker and commit the manifest (or find the artifact
+    another run committed meanwhile)."""
+    store, key = ArtifactStore(workdir), keys[name]
+    mod = cast(ShardedStage, stage_module(name))
+    inputs = _inputs(store, mod, keys)
+    with store.lock(name, key):
+        hit = store.lookup(name, key)
+        if hit is not None:
+            return StageResult(name, "cached", key, str(hit.path), 0.0)
+        partial = store.partial_path(name, key)
+        metrics = mod.finish(StageContext(run, inputs, partial, key, store.workdir))
+        seconds = round(time.time() - started, 3)
+        art = _commit(store, name, run, key, inputs, metrics, seconds)
+    log.info("%s: shards committed in %.1f s -> %s", name, seconds, art.path)
     return StageResult(name, "ran", key, str(art.path), seconds)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 NAME = "backbone"
 INPUTS: tuple[str, ...] = ("prior", "target")
 RESUMABLE = False
+SEEDED = True  # initialises and trains a model from the global generators
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:

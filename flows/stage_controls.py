@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 NAME = "controls"
 INPUTS: tuple[str, ...] = ("prior", "extract", "backbone")
 RESUMABLE = False
+SEEDED = True  # initialises and trains a model from the global generators
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:

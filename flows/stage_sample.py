@@ -2,8 +2,13 @@
 ``samples_per_example`` samples conditioned on that prompt's activation z_hat, drawn with the
 method the controls checkpoint holds, decoded to text and measured with the target exactly as
 stage ``extract`` measures (``tokenizer(text)``, last token); cosine distance to z_hat;
-``accepted = distance < ε``. One Parquet part per site, each written atomically, so a killed run
-resumes at the first site without a part; the manifest lists the parts.
+``accepted = distance < ε``.
+
+The work is cut into (site, block of ``block_examples`` references) units, each with its own
+random streams seeded by (seed, site, block) and its own Parquet part, written atomically and
+then marked done: the samples depend neither on how units are grouped into shards (fan-out)
+nor on the order of resumption, and a killed run redoes only the units without a marker. The
+manifest lists the parts; readers never glob.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from inversescope.storage import layout
+from inversescope.storage import layout, shards
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.tables import write_parquet_atomic
 from inversescope.tasks import task_renderer
@@ -69,77 +74,162 @@ def measure(reader, texts: list[str], z_hat: np.ndarray, site: str, batch: int) 
     return out
 
 
-def build(ctx: StageContext) -> dict[str, Any]:
-    # torch deferred: computing keys must not import it
-    import torch
+def block_seed(seed: int, site: str, block: int) -> int:
+    """The seed of one (site, block) unit: its samples depend on nothing else."""
+    return site_seed(seed, f"{site}/{block}")
 
-    from inversescope.core.extract import SiteReader
-    from inversescope.core.models import pick_device, pick_dtype
-    from inversescope.core.progress import Progress
-    from inversescope.core.sampling import decode
 
-    run, out, target = ctx.run, ctx.out, ctx.inputs["target"]
-    s, eps = run.sample, run.kernel.epsilon
-    per = s.samples_per_example
-    device = pick_device(run.device)
-    store = ActivationStore(ctx.inputs["extract"].path)
-    sites = run.sample_sites
-    d_site = int(store.array("test", sites[0]).shape[1])
-    backbone, tokenizer = layout.load_backbone(ctx.inputs["backbone"], device)
-    method, model = layout.load_controls(ctx.inputs["controls"], backbone)
-    eos = tokenizer.eos_token_id
-    target_model, target_tok = layout.load_target(target, device, pick_dtype(run.dtype, device))
-    render = task_renderer(run.task, target_tok, layout.target_prefix(target))
-    (out / layout.SAMPLES_DIR).mkdir(exist_ok=True)
-    todo = [site for site in sites if not layout.sample_part(out, site).exists()]
-    if len(todo) < len(sites):
-        log.info(
-            "sample: resuming, %d of %d sites already done", len(sites) - len(todo), len(sites)
+def units(run: RunConfig) -> list[tuple[str, int]]:
+    """Every (site, block) unit of a run, in site order then block order."""
+    n_blocks = -(-run.sample.n_examples // run.sample.block_examples)
+    return [(site, block) for site in run.sample_sites for block in range(n_blocks)]
+
+
+class Sampler:
+    """The backbone, the trained controls and the target, loaded once, drawing and measuring
+    the samples of one (site, block) unit at a time."""
+
+    def __init__(self, ctx: StageContext):
+        # torch deferred: computing keys must not import it
+        from inversescope.core.models import pick_device, pick_dtype
+
+        run, target = ctx.run, ctx.inputs["target"]
+        self.run, self.out = run, ctx.out
+        self.device = pick_device(run.device)
+        self.store = ActivationStore(ctx.inputs["extract"].path)
+        self.d_site = int(self.store.array("test", run.sample_sites[0]).shape[1])
+        self.backbone, self.tokenizer = layout.load_backbone(ctx.inputs["backbone"], self.device)
+        self.method, self.model = layout.load_controls(ctx.inputs["controls"], self.backbone)
+        self.target, self.target_tok = layout.load_target(
+            target, self.device, pick_dtype(run.dtype, self.device)
         )
-    progress = Progress(f"sample[{method.name}]", len(todo) * s.n_examples * per, "samples")
-    gen_seconds, n_generated = 0.0, 0
-    for site in todo:
-        z_ref = store.read("test", site, 0, s.n_examples)  # (n_examples, d)
-        example = np.repeat(np.arange(s.n_examples), per)  # (n_examples * per,)
-        z_all = z_ref[example]  # (n_examples * per, d)
-        streams = method.streams(site_seed(run.seed, site), run.kernel, d_site, device)
-        site_i = torch.full((s.batch_size,), _site_index(model, sites, site), device=device)
+        self.render = task_renderer(run.task, self.target_tok, layout.target_prefix(target))
+
+    def run_unit(self, site: str, block: int, progress=None) -> dict[str, Any]:
+        """Draw, decode and measure the unit's samples; write its part, then its marker."""
+        # torch and nnsight deferred: computing keys must not import them
+        import torch
+
+        from inversescope.core.extract import SiteReader
+        from inversescope.core.sampling import decode
+
+        run, s, out = self.run, self.run.sample, self.out
+        per, eos = s.samples_per_example, self.tokenizer.eos_token_id
+        first = block * s.block_examples
+        last = min(first + s.block_examples, s.n_examples)
+        z_ref = self.store.read("test", site, first, last)  # (examples, d)
+        example = np.repeat(np.arange(first, last), per)  # (examples * per,)
+        z_all = z_ref[example - first]  # (examples * per, d)
+        streams = self.method.streams(
+            block_seed(run.seed, site, block), run.kernel, self.d_site, self.device
+        )
+        index = _site_index(self.model, run.sample_sites, site)
         texts: list[str] = []
+        t0 = time.perf_counter()
         for b in range(0, len(example), s.batch_size):
-            z = torch.from_numpy(z_all[b : b + s.batch_size]).to(device)  # (B, d)
-            t0 = time.perf_counter()
+            z = torch.from_numpy(z_all[b : b + s.batch_size]).to(self.device)  # (B, d)
+            site_idx = torch.full((len(z),), index, device=self.device)  # (B,)
             with torch.no_grad():
-                ids = method.generate(model, backbone, z, site_i[: len(z)], streams, s, eos)
-            texts += decode(tokenizer, ids, eos)
-            gen_seconds += time.perf_counter() - t0
-            n_generated += len(z)
-            progress.update(len(z))
-        reader = SiteReader(target_model, target_tok, [site], render=render)
+                ids = self.method.generate(
+                    self.model, self.backbone, z, site_idx, streams, s, eos
+                )  # (B, <= max_new_tokens)
+            texts += decode(self.tokenizer, ids, eos)
+            if progress is not None:
+                progress.update(len(z))
+        seconds = time.perf_counter() - t0
+        reader = SiteReader(self.target, self.target_tok, [site], render=self.render)
         dist = measure(reader, texts, z_all, site, run.extract.batch_size)
         df = pl.DataFrame(
             {
                 "site": [site] * len(texts),
                 "example_id": example.astype(np.int64),
-                "sample_idx": np.tile(np.arange(per), s.n_examples).astype(np.int64),
+                "sample_idx": np.tile(np.arange(per), last - first).astype(np.int64),
                 "text": texts,
                 "distance": dist,
-                "accepted": np.nan_to_num(dist, nan=np.inf) < eps,
+                "accepted": np.nan_to_num(dist, nan=np.inf) < run.kernel.epsilon,
             }
         )
-        write_parquet_atomic(df, layout.sample_part(out, site))
-        log.info("sample[%s]: %s refusal rate %.3f", method.name, site, 1 - df["accepted"].mean())
-    parts = [layout.sample_part_name(site) for site in sites]
-    table = layout.read_sample_parts(out, parts)
+        part = layout.sample_part(out, site, block)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        write_parquet_atomic(df, part)
+        info = {"site": site, "block": block, "samples": len(texts), "seconds": round(seconds, 3)}
+        shards.mark_done(out, _unit_id(site, block), info)
+        return info
+
+
+def _unit_id(site: str, block: int) -> str:
+    return f"{site}-{block:05d}"
+
+
+def _todo(ctx: StageContext) -> list[tuple[str, int]]:
+    return [u for u in units(ctx.run) if not shards.is_done(ctx.out, _unit_id(*u))]
+
+
+def _run_all(sampler: Sampler, todo: list[tuple[str, int]], label: str) -> None:
+    from inversescope.core.progress import Progress  # deferred with torch
+
+    s = sampler.run.sample
+    n = sum(min(s.block_examples, s.n_examples - b * s.block_examples) for _, b in todo)
+    progress = Progress(label, n * s.samples_per_example, "samples")
+    for site, block in todo:
+        sampler.run_unit(site, block, progress)
+
+
+# --- the stage: local build, or plan / run_shard / finish when fanned out ---------------
+def plan(ctx: StageContext, n_shards: int | None) -> list[dict]:
+    """The units still to draw, grouped into about ``n_shards`` shards (each loads the models
+    once)."""
+    todo = _todo(ctx)
+    groups = shards.spread(len(todo), n_shards or len(todo)) if todo else []
+    return [
+        {"id": _unit_id(*todo[g.start]), "units": [list(u) for u in todo[g.start : g.stop]]}
+        for g in groups
+    ]
+
+
+def run_shard(ctx: StageContext, shard: dict) -> dict[str, Any]:
+    """One shard's units, in whatever process runs it (models load once for them)."""
+    todo = [(site, block) for site, block in shard["units"]]
+    todo = [u for u in todo if not shards.is_done(ctx.out, _unit_id(*u))]
+    if todo:
+        _run_all(Sampler(ctx), todo, f"sample[{shard['id']}]")
+    return {"id": shard["id"], "units": len(todo)}
+
+
+def build(ctx: StageContext) -> dict[str, Any]:
+    todo = _todo(ctx)
+    all_units = units(ctx.run)
+    if len(todo) < len(all_units):
+        log.info(
+            "sample: resuming, %d of %d units already done",
+            len(all_units) - len(todo),
+            len(all_units),
+        )
+    if todo:
+        _run_all(Sampler(ctx), todo, "sample")
+    return finish(ctx)
+
+
+def finish(ctx: StageContext) -> dict[str, Any]:
+    """Check every unit's marker, then the manifest's metrics (the parts in reading order)."""
+    all_units = units(ctx.run)
+    left = [u for u in all_units if not shards.is_done(ctx.out, _unit_id(*u))]
+    if left:
+        raise RuntimeError(f"sample: {len(left)} (site, block) units are not done, e.g. {left[0]}")
+    parts = [layout.sample_part_name(site, block) for site, block in all_units]
+    table = layout.read_sample_parts(ctx.out, parts)
     per_site = table.group_by("site").agg(refusal=1 - pl.col("accepted").mean()).sort("site")
     refusal = dict(zip(per_site["site"], per_site["refusal"], strict=True))
+    markers = shards.read_markers(ctx.out)
+    seconds = sum(m["seconds"] for m in markers.values())
     return {
-        "method": method.name,
+        "method": ctx.run.controls.method,
         "parts": parts,
         "n_samples": table.height,
         "refusal_rate_mean": float(np.mean(list(refusal.values()))),
         "refusal_rate_worst_site": max(refusal.items(), key=lambda kv: kv[1]),
         "refusal_rate_per_site": refusal,
-        "samples_per_second": n_generated / gen_seconds if gen_seconds else None,
+        "samples_per_second": table.height / seconds if seconds else None,
     }
 
 

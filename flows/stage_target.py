@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 NAME = "target"
 RESUMABLE = False
+SEEDED = True  # initialises and trains a model from the global generators
 VAL_ROWS = 500
 INPUTS: tuple[str, ...] = ("prior",)
 

@@ -275,6 +275,12 @@ class SampleConfig(StageConfig):
     sites: list[str] | None = Field(None, description="Sites to sample (default: all extracted).")
     n_examples: int = Field(20, gt=0, description="First n test prompts used as references.")
     samples_per_example: int = Field(16, gt=0, description="Samples per (reference, site).")
+    block_examples: int = Field(
+        32,
+        gt=0,
+        description="References per sampling block: each (site, block) has its own random "
+        "stream and output part, the unit of resumption and of fan-out.",
+    )
     batch_size: int = Field(256, gt=0, description="Sequences generated at once.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     max_new_tokens: int = Field(40, gt=0, description="Longest sample in backbone tokens.")

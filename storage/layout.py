@@ -109,6 +109,28 @@ def load_target(target: Artifact, device: str = "cpu", dtype=None):
     return source.load(device, dtype)
 
 
+def target_model_config(target: Artifact):
+    """The target's transformers config, without its weights."""
+    from transformers import AutoConfig  # deferred with the other model readers
+
+    record = target_record(target)
+    if record["source"] == "train":
+        return AutoConfig.from_pretrained(target.path / MODEL_DIR)
+    if record["source"] == "local":
+        return AutoConfig.from_pretrained(record["path"])
+    return AutoConfig.from_pretrained(record["name"], revision=record["revision"])
+
+
+def target_name(target: Artifact) -> str:
+    """What the target is, without paths: a hub name, or the key of a target trained here."""
+    record = target_record(target)
+    if record["source"] == "train":
+        return f"trained:{target.key}"
+    if record["source"] == "local":
+        return f"local:{Path(record['path']).name}"
+    return f"{record['name']}@{record['revision']}"
+
+
 def load_backbone(backbone: Artifact, device: str = "cpu"):
     """(fine-tuned backbone, its tokenizer)."""
     return load_saved_model(backbone.path, device)
@@ -134,14 +156,14 @@ def load_controls(controls: Artifact, backbone):
 
 
 # --- samples ------------------------------------------------------------------------------
-def sample_part(out: Path, site: str) -> Path:
-    """The Parquet part holding one site's samples."""
-    return out / SAMPLES_DIR / f"{site}.parquet"
+def sample_part_name(site: str, block: int) -> str:
+    """The path, relative to its artifact, of the Parquet part holding one (site, block) unit's
+    samples, as the manifest lists it."""
+    return f"{SAMPLES_DIR}/{site}/{block:05d}.parquet"
 
 
-def sample_part_name(site: str) -> str:
-    """A part's path relative to its artifact, as the manifest lists it."""
-    return f"{SAMPLES_DIR}/{site}.parquet"
+def sample_part(out: Path, site: str, block: int) -> Path:
+    return out / sample_part_name(site, block)
 
 
 def read_sample_parts(root: Path, parts: list[str]) -> pl.DataFrame:

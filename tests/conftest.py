@@ -71,3 +71,21 @@ def tiny_gpt2(tiny_tokenizer):
 
     arch = TinyModelConfig(n_layer=3, n_head=4, d_model=32, n_positions=64, vocab_size=400)
     return build_tiny_gpt2(arch, len(tiny_tokenizer), tiny_tokenizer.eos_token_id).eval()
+
+
+def _artifact_files(root) -> dict[str, bytes]:
+    """Every data file under ``root`` by relative path, done-markers and the manifest aside
+    (they record timings)."""
+    from inversescope.storage import shards
+
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and shards.MARKERS not in p.parts and p.name != "manifest.json"
+    }
+
+
+@pytest.fixture()
+def artifact_files():
+    """Byte-for-byte comparison of artifacts: ``artifact_files(path) -> {relative path: bytes}``."""
+    return _artifact_files

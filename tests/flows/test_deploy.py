@@ -150,7 +150,7 @@ def test_stages_wait_on_what_they_read_and_take_the_gpu_limit(
     from inversescope.flows.stage import stage_module
 
     held = []  # slots in use on the server, seen from inside each stage that holds one
-    real_slot = pipeline._gpu_slot
+    real_slot = pipeline.gpu_slot
 
     @contextmanager
     def spy(use):
@@ -160,7 +160,7 @@ def test_stages_wait_on_what_they_read_and_take_the_gpu_limit(
                     held.append(c.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots)
             yield
 
-    monkeypatch.setattr(pipeline, "_gpu_slot", spy)
+    monkeypatch.setattr(pipeline, "gpu_slot", spy)
     flow = task_flow("ioi")
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(

@@ -8,6 +8,7 @@ from inversescope.core.extract import SiteReader
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_stage
 from inversescope.flows.stage_sample import cosine_distance
+from inversescope.storage import layout, shards
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore
 from inversescope.storage.layout import load_target, read_samples
@@ -89,11 +90,12 @@ def test_sampling_is_reproducible_and_resumes(tmp_path, workdir, small, method):
     partial = store.partial_path("sample", key)
     final.rename(partial)
     (partial / "manifest.json").unlink()
-    (partial / "samples" / "L1H0.parquet").unlink()
-    kept = (partial / "samples" / "L0H1.parquet").stat().st_mtime_ns
+    layout.sample_part(partial, "L1H0", 0).unlink()  # as if killed before this unit's marker
+    shards.marker_path(partial, "L1H0-00000").unlink()
+    kept = layout.sample_part(partial, "L0H1", 0).stat().st_mtime_ns
     resumed = run_stage("sample", run, tmp_path)
     assert resumed.status == "ran"
-    assert (store.path("sample", key) / "samples" / "L0H1.parquet").stat().st_mtime_ns == kept
+    assert layout.sample_part(store.path("sample", key), "L0H1", 0).stat().st_mtime_ns == kept
     assert (
         read_samples(resumed.path)
         .sort(["site", "example_id", "sample_idx"])

@@ -47,12 +47,13 @@ def test_latest_and_samples_with_labels(tmp_path):
     )
 
     def write_samples(out):
-        layout.sample_part(out, "L0H0").parent.mkdir()
-        samples.write_parquet(layout.sample_part(out, "L0H0"))
+        layout.sample_part(out, "L0H0", 0).parent.mkdir(parents=True)
+        samples.write_parquet(layout.sample_part(out, "L0H0", 0))
         # a stray file beside the parts is never read (readers follow the manifest)
-        samples.write_parquet(layout.sample_part(out, "stray"))
+        samples.write_parquet(layout.sample_part(out, "L0H0", 1))
 
-    _commit(store, "sample", "s1", write_samples, metrics={"parts": ["samples/L0H0.parquet"]})
+    parts = [layout.sample_part_name("L0H0", 0)]
+    _commit(store, "sample", "s1", write_samples, metrics={"parts": parts})
     labels = samples.select("site", "example_id", "sample_idx").with_columns(
         subject=pl.Series(["Mary", "John", "Anna"])
     )

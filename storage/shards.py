@@ -1,0 +1,58 @@
+"""Shards of a fanned-out stage: done-markers inside the stage's partial directory.
+
+A sharded stage (extract, sample) splits its work into shards that write disjoint files or
+regions. A shard writes its output, then its marker (atomically: a marker means the shard's
+output is whole). A rerun skips every shard whose marker exists, whatever process or host wrote
+it, and the commit step checks every marker before the stage's manifest is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from inversescope.storage.artifacts import write_json_atomic
+
+MARKERS = ".shards"
+
+
+def marker_path(out: Path, shard_id: str) -> Path:
+    return out / MARKERS / f"{shard_id}.json"
+
+
+def mark_done(out: Path, shard_id: str, info: dict[str, Any]) -> None:
+    """Record that shard ``shard_id`` wrote all its output (call after the output is written)."""
+    (out / MARKERS).mkdir(exist_ok=True)
+    write_json_atomic(marker_path(out, shard_id), {"id": shard_id, **info})
+
+
+def is_done(out: Path, shard_id: str) -> bool:
+    return marker_path(out, shard_id).is_file()
+
+
+def read_markers(out: Path) -> dict[str, dict[str, Any]]:
+    """Every marker of a partial directory, by shard id."""
+    found = {}
+    for path in sorted((out / MARKERS).glob("*.json")):
+        info = json.loads(path.read_text(encoding="utf-8"))
+        found[info["id"]] = info
+    return found
+
+
+def missing(out: Path, shard_ids: list[str]) -> list[str]:
+    """The shards among ``shard_ids`` without a marker."""
+    return [s for s in shard_ids if not is_done(out, s)]
+
+
+def spread(n_units: int, n_shards: int) -> list[range]:
+    """``n_units`` consecutive units in at most ``n_shards`` contiguous groups of near-equal
+    size (the first groups one larger)."""
+    n_shards = max(1, min(n_shards, n_units))
+    size, extra = divmod(n_units, n_shards)
+    out, start = [], 0
+    for i in range(n_shards):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(range(start, stop))
+        start = stop
+    return [r for r in out if len(r)]
