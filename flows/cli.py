@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inversescope.flows.config import ConfigError, load_run_config
+from inversescope.flows.errors import StageError
 
 
 def _configure_prefect_env() -> None:
@@ -149,6 +150,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from e
     if args.feature:
+        known = sorted(lf.select("feature").unique().collect()["feature"].to_list())
+        if args.feature not in known:
+            raise ConfigError(f"unknown feature {args.feature!r}; accepted: {', '.join(known)}")
         lf = lf.filter(pl.col("feature") == args.feature)
     lf = lf.sort(["feature", "fcr"], descending=[False, True], nulls_last=True)
     if args.top:
@@ -237,6 +241,18 @@ def _human(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def _checked_workdir(workdir: str) -> Path:
+    """The artifact directory, absolute; a path that is a file, or a directory this process
+    cannot write, is the user's error."""
+    path = Path(workdir).resolve()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--workdir {workdir!r} is a file; name a directory (created if absent)")
+    probe = path if path.exists() else next(p for p in path.parents if p.exists())
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir {workdir!r}: {str(probe)!r} is not writable")
+    return path
+
+
 @contextmanager
 def _server_for_workers(needed: bool) -> Iterator[None]:
     """Without ``PREFECT_API_URL`` a flow runs on a temporary server that only this process
@@ -265,7 +281,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.until is not None and args.until not in STAGE_ORDER:
         raise ConfigError(f"unknown stage {args.until!r}; accepted: {', '.join(STAGE_ORDER)}")
     check_run(run)
-    workdir = Path(args.workdir).resolve()
+    workdir = _checked_workdir(args.workdir)
     _configure_prefect_env()
     from inversescope.flows.pipeline import flow_for
 
@@ -312,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"inversescope: error: {e}", file=sys.stderr)
         return 2
+    except StageError as e:  # after Prefect's log lines, the error is the last thing shown
+        print(f"inversescope: stage failed: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ line naming the bad value and what is accepted.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -95,7 +96,9 @@ class RunConfig(BaseModel):
     preset: str | None = Field(None, description="Preset this run started from.")
     task: str = Field(description="Interpretability task: ioi, icl or refusal.")
     seed: int = Field(0, description="Seed of the prior and of every training stage.")
-    device: str = Field("auto", description="Torch device: auto, cpu, cuda, cuda:1, ...")
+    device: str = Field(
+        "auto", description="Torch device: auto (CUDA when present), cpu, cuda, cuda:1, mps."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Compute dtype of the models only read (target, labeller): auto = bfloat16 "
@@ -134,6 +137,15 @@ class RunConfig(BaseModel):
         """Sites sampled: ``sample.sites`` or every extracted site."""
         return self.sample.sites if self.sample.sites is not None else list(self.extract.sites)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(
+                f"device={v!r} is not a torch device; accepted: auto, cpu, cuda, cuda:N, mps"
+            )
+        return v
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, v: str) -> str:
@@ -154,6 +166,8 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the YAML as UTF-8") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(data, dict):
@@ -255,8 +269,24 @@ def target_dims(run: RunConfig) -> ModelDims:
         raise ConfigError(str(e)) from e
 
 
+def check_device(device: str) -> None:
+    """The requested device exists on this machine (``auto`` always does)."""
+    if device.startswith("cuda"):
+        import torch  # deferred: only a run that names CUDA pays for the import here
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={device!r} but this machine has no CUDA device; accepted: auto, cpu"
+            )
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise ConfigError(f"device={device!r}: this machine has CUDA devices 0..{count - 1}")
+
+
 def check_run(run: RunConfig) -> None:
     """Checks that need the target's shape but no weights: every site exists in the target."""
+    check_device(run.device)
     dims = target_dims(run)
     try:
         check_sites(run.extract.sites, dims)
