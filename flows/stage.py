@@ -240,8 +240,14 @@ def run_stage_shard(
     its own (two runs never write one shard at once; the second finds it done)."""
     store, key = ArtifactStore(workdir), keys[name]
     mod = cast(ShardedStage, stage_module(name))
+    if store.lookup(name, key) is not None:
+        # committed already: Dask recomputes a finished task whose result lived on a lost
+        # worker, and another run may have finished the stage; nothing is left to write
+        return {"id": shard["id"], "skipped": "committed"}
     inputs = _inputs(store, mod, keys)
     with store.lock(name, f"{key}-{shard['id']}"), seeded(mod, run.seed):
+        if store.lookup(name, key) is not None:
+            return {"id": shard["id"], "skipped": "committed"}
         fault_point(name, shard["id"])
         ctx = StageContext(run, inputs, store.partial_path(name, key), key, store.workdir)
         return mod.run_shard(ctx, shard)
