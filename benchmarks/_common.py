@@ -24,3 +24,31 @@ def write_result(result: dict, out: str | Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def generate_baseline(
+    backbone, batch: int, new_tokens: int, eos: int, device
+) -> Callable[[], object]:
+    """The baseline our sampler is timed against: the backbone's own ``generate``, sampling
+    exactly ``new_tokens`` tokens (temperature 1, no top-k/top-p) for ``batch`` rows that start
+    at ``eos``."""
+    import torch  # deferred: _common's timing helpers need no torch
+
+    start = torch.full((batch, 1), eos, dtype=torch.long, device=device)  # (B, 1)
+
+    @torch.no_grad()
+    def run():
+        return backbone.generate(
+            input_ids=start,
+            attention_mask=torch.ones_like(start),
+            do_sample=True,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            pad_token_id=eos,
+            eos_token_id=eos,
+        )
+
+    return run

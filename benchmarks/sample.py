@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from _common import best_of, write_result
+from _common import best_of, generate_baseline, write_result
 
 from inversescope.core.models import pick_device
 from inversescope.core.sampling import sample_tokens
@@ -50,22 +50,8 @@ def main() -> None:
     _, gen_model = load_controls(arts["controls"], backbone)
     site_idx = torch.full((args.batch,), gen_model.sites.index(site), device=device)
     eos = tokenizer.eos_token_id
-    start = torch.full((args.batch, 1), eos, dtype=torch.long, device=device)
 
-    @torch.no_grad()
-    def hf_generate():
-        backbone.generate(
-            input_ids=start,
-            attention_mask=torch.ones_like(start),
-            do_sample=True,
-            max_new_tokens=args.tokens,
-            min_new_tokens=args.tokens,
-            top_k=0,
-            top_p=1.0,
-            temperature=1.0,
-            pad_token_id=eos,
-            eos_token_id=eos,
-        )
+    hf_generate = generate_baseline(backbone, args.batch, args.tokens, eos, device)
 
     def ours_plain():
         sample_tokens(backbone, args.batch, eos, args.tokens, stop_at_eos=False)

@@ -247,13 +247,21 @@ def target_dims(run: RunConfig) -> ModelDims:
             raise ConfigError(f"target.path {str(target.path)!r} has no config.json (missing file)")
         hf_config = AutoConfig.from_pretrained(target.path)
     else:
-        from inversescope.core.models import HUB_SHAPES  # imports torch: deferred too
+        from importlib import resources
 
-        try:  # a local copy first, then the known shape, then the hub itself
+        from inversescope.core.models import HUB_SHAPES  # imports torch: deferred too
+        from inversescope.core.sizing import config_file, load_config
+
+        packaged = config_file(
+            target.name, Path(str(resources.files("inversescope.tasks") / "model_configs"))
+        )
+        try:  # a local copy first, then the packaged config or known shape, then the hub itself
             hf_config = AutoConfig.from_pretrained(
                 target.name, revision=target.revision, local_files_only=True
             )
         except OSError:
+            if packaged.is_file():
+                return dims_of(load_config(packaged))
             if target.name in HUB_SHAPES:
                 return HUB_SHAPES[target.name]
             try:
@@ -299,9 +307,15 @@ def check_run(run: RunConfig) -> None:
             check_files(files)
         elif files:
             raise ValueError(f"task {run.task} takes no prior.files, got {run.prior.files}")
-        resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
+        specs = resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    unknown = sorted(set(run.fcr.references) - set(specs))
+    if unknown:
+        raise ConfigError(
+            f"fcr.references names features {unknown} this run does not compute; accepted: "
+            f"{', '.join(sorted(specs))}"
+        )
     lab = run.labeller
     if lab is not None and lab.source == "local" and not (lab.path / "config.json").is_file():
         raise ConfigError(f"labeller.path {str(lab.path)!r} has no config.json (missing file)")

@@ -70,13 +70,25 @@ def compute_results(
     eps = run.kernel.epsilon
     joined = samples.join(labels, on=["site", "example_id", "sample_idx"], how="left")
     refs = reference.rename({"id": "example_id"})
-    pool = {f: reference[f].to_list() for f in features}
+    pool = {f: reference[f].to_list() for f in features}  # prior draws: every reference
+    # fcr.references ({feature: label}) restricts the references FCR averages over
+    missing = sorted(set(run.fcr.references) - set(features))
+    if missing:
+        raise ValueError(
+            f"fcr.references names {missing}, not a feature of this run; accepted: {features}"
+        )
+    kept = pl.lit(True)
+    for feature, label in run.fcr.references.items():
+        kept = kept & (pl.col(feature) == label)
+    allowed = set(refs.filter(kept)["example_id"])
     rows = []
     for site in sorted(joined["site"].unique(), key=lambda s: parse_site(s).sort_key):
         part = joined.filter(pl.col("site") == site).sort("example_id", "sample_idx")
         parsed = parse_site(site)
+        refusal = float(1 - part["accepted"].mean())  # over every reference
+        if run.fcr.references:
+            part = part.filter(pl.col("example_id").is_in(allowed))
         weight = kernel_weights(part["distance"].to_numpy(), eps, run.fcr.kernel)
-        refusal = float(1 - part["accepted"].mean())
         examples = part["example_id"].to_numpy()
         used = sorted(set(examples.tolist()))
         ref_part = part.select("example_id").join(

@@ -211,7 +211,13 @@ class GeneratorConfig(StageConfig):
     on (x_hat, z_hat + r) with training noise r."""
 
     n_heads: int = Field(32, gt=0, description="Control-layer heads (paper: 32).")
-    d_head: int = Field(64, gt=0, description="Control-layer query/key size (paper: 64).")
+    d_head: int = Field(64, gt=0, description="Control-layer head size (paper: 64).")
+    value_form: Literal["projected", "per_head"] = Field(
+        "per_head",
+        description="per_head: a backbone-wide value per head (zero init; measured better on "
+        "ioi-tiny); projected: per-head values of size d_head, then one output projection to "
+        "the backbone's width (zero init; fewer parameters).",
+    )
     backbone: Literal["frozen", "lora", "full"] = Field(
         "frozen",
         description="frozen: the paper's letter; lora: LoRA adapters on the backbone train too; "
@@ -310,3 +316,17 @@ class FcrConfig(StageConfig):
     )
     n_bootstrap: int = Field(1000, gt=0, description="Bootstrap resamples over examples.")
     ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the interval.")
+    references: dict[str, str] = Field(
+        default_factory=dict,
+        description="Restrict the references FCR averages over to those whose label of each "
+        "named feature has the given value, e.g. {harmfulness: harmful} (the paper's safety "
+        "task); refusal rates still cover every reference.",
+    )
+
+    @field_validator("references")
+    @classmethod
+    def _named_features(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = {k: x for k, x in v.items() if not k or not isinstance(x, str) or not x}
+        if bad:
+            raise ValueError(f"fcr.references {bad} needs a feature name and a non-empty label")
+        return v

@@ -2,16 +2,29 @@
 control layer per backbone block.
 
 Site encoder (one per site): ``e = E_s z``, a (d_site -> d_site) linear map, Kaiming init.
-Control layer (one per block), H heads of size d_head, for hidden states h_i of that block:
+Control layer (one per block), H heads with queries and keys of size d_head, for hidden states
+h_i of that block:
 
     q_i = Q h_i + q̄            (H, d_head)   per position
     k   = K e + k̄              (H, d_head)   per condition: computed once, reused at every step
-    v   = V e + v̄              (H, d_model)  per condition; V, v̄ initialised to zero
     w_i = tanh(q_i · k / sqrt(d_head))       (H,)  one key, so tanh instead of softmax
-    h_i <- h_i + Σ_heads w_i v
 
-The 1/sqrt(d_head) keeps tanh out of saturation at Kaiming init. With V = 0 the generator's
-logits equal the backbone's exactly.
+and one of two value forms (``value_form``):
+
+- ``per_head`` (the default, measured better on ioi-tiny): every head has a d_model-sized value,
+  ``v = V e + v̄`` (H, d_model), V and v̄ zero-initialised; ``h_i <- h_i + Σ_h w_i,h v_h``.
+  Value parameters d_cond·H·d_model (100 M per block for a 4096-wide site on a 768-wide
+  backbone at 32 heads).
+- ``projected`` (the usual multi-head form): ``v = V e + v̄`` (H, d_head), then one output
+  projection O (H·d_head -> d_model), zero-initialised while V keeps its default init (so that
+  gradients reach both): ``h_i <- h_i + O [w_i,1 v_1; ...; w_i,H v_H] + ō``. Value parameters
+  d_cond·H·d_head + H·d_head·d_model (about 10 M per block for that site). As each head's
+  weight is a scalar, ``O [w v] = Σ_h w_h (O_h v_h)``: ``O_h v_h`` (H, d_model) is computed once
+  per condition and the per-position work is the same weighted sum over heads as per_head.
+
+The 1/sqrt(d_head) keeps tanh out of saturation at Kaiming init. In either form the last linear
+map of the value path starts at zero, so the untrained generator's logits equal the backbone's
+exactly.
 """
 
 from __future__ import annotations
@@ -26,32 +39,54 @@ from transformers import PreTrainedModel
 
 from inversescope.core.architectures import architecture_of
 
+VALUE_FORMS = ("projected", "per_head")
+
 
 class ControlLayer(nn.Module):
-    def __init__(self, d_model: int, d_cond: int, n_heads: int, d_head: int):
+    def __init__(
+        self, d_model: int, d_cond: int, n_heads: int, d_head: int, value_form: str = "per_head"
+    ):
         super().__init__()
+        if value_form not in VALUE_FORMS:
+            raise ValueError(f"value_form={value_form!r}; accepted: {', '.join(VALUE_FORMS)}")
         self.n_heads, self.d_head, self.d_model = n_heads, d_head, d_model
+        self.value_form = value_form
         self.q = nn.Linear(d_model, n_heads * d_head)  # bias = q̄
         self.k = nn.Linear(d_cond, n_heads * d_head)  # bias = k̄
-        self.v = nn.Linear(d_cond, n_heads * d_model)  # bias = v̄
-        nn.init.zeros_(self.v.weight)
-        nn.init.zeros_(self.v.bias)
+        if value_form == "projected":
+            self.v = nn.Linear(d_cond, n_heads * d_head)  # bias = v̄, default init
+            self.o = nn.Linear(n_heads * d_head, d_model)  # bias = ō, zero init
+            nn.init.zeros_(self.o.weight)
+            nn.init.zeros_(self.o.bias)
+        else:
+            self.v = nn.Linear(d_cond, n_heads * d_model)  # bias = v̄, zero init
+            self.o = None
+            nn.init.zeros_(self.v.weight)
+            nn.init.zeros_(self.v.bias)
 
     def keys_values(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-condition key (B, H, d_head) and value (B, H, d_model) from encoded z (B, d)."""
+        """Per-condition key (B, H, d_head) and each head's contribution to the hidden state
+        (B, H, d_model) from encoded z (B, d)."""
         b = e.shape[0]
-        return (
-            self.k(e).view(b, self.n_heads, self.d_head),  # (B, H * dh) -> (B, H, dh)
-            self.v(e).view(b, self.n_heads, self.d_model),  # (B, H * d_model) -> (B, H, d_model)
-        )
+        k = self.k(e).view(b, self.n_heads, self.d_head)  # (B, H * dh) -> (B, H, dh)
+        if self.o is None:
+            return k, self.v(e).view(b, self.n_heads, self.d_model)  # (B, H, d_model)
+        v = self.v(e).view(b, self.n_heads, self.d_head)  # (B, H, dh)
+        o = self.o.weight.view(self.d_model, self.n_heads, self.d_head)  # (d_model, H, dh)
+        return k, torch.einsum("bhd,mhd->bhm", v, o)  # O_h v_h per head -> (B, H, d_model)
 
     def forward(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """The control term to add to hidden states h (B, T, d_model)."""
+        """The control term to add to hidden states h (B, T, d_model), given ``keys_values``."""
         b, t, _ = h.shape
         q = self.q(h).view(b, t, self.n_heads, self.d_head)  # (B, T, H * dh) -> (B, T, H, dh)
         # one key per row: q_i . k per head -> (B, T, H)
         w = torch.tanh(torch.einsum("bthd,bhd->bth", q, k) / math.sqrt(self.d_head))
-        return torch.einsum("bth,bhm->btm", w, v)  # sum over heads of w v -> (B, T, d_model)
+        out = torch.einsum("bth,bhm->btm", w, v)  # sum over heads of w v -> (B, T, d_model)
+        return out if self.o is None else out + self.o.bias
+
+    def value_parameters(self) -> int:
+        """Parameters of the value path (V, v̄ and, projected, O, ō)."""
+        return sum(p.numel() for m in (self.v, self.o) if m is not None for p in m.parameters())
 
 
 class ConditionalGenerator(nn.Module):
@@ -68,6 +103,7 @@ class ConditionalGenerator(nn.Module):
         d_head: int = 64,
         backbone_mode: str = "frozen",
         lora_rank: int = 8,
+        value_form: str = "per_head",
     ):
         super().__init__()
         self.backbone = backbone
@@ -78,7 +114,7 @@ class ConditionalGenerator(nn.Module):
             nn.init.kaiming_uniform_(self.encoders.data[i], a=math.sqrt(5))
         blocks = architecture_of(backbone.config).blocks(backbone)
         self.controls = nn.ModuleList(
-            ControlLayer(d_model, d_site, n_heads, d_head) for _ in range(len(blocks))
+            ControlLayer(d_model, d_site, n_heads, d_head, value_form) for _ in range(len(blocks))
         )
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._hooks = [blk.register_forward_hook(self._hook(i)) for i, blk in enumerate(blocks)]

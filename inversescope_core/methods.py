@@ -103,6 +103,7 @@ class InverseScopeMethod(SamplingMethod):
             g.d_head,
             backbone_mode=g.backbone,
             lora_rank=g.lora_rank,
+            value_form=g.value_form,
         )
 
     def training_noise(self, kernel, d_site, seed):

@@ -125,21 +125,32 @@ def stage_key(stage: str, config: Any, inputs: dict[str, str], code: str) -> str
 
 
 def file_fingerprint(path: Path) -> str:
-    """Content hash of a file or of every file under a directory (a Path's string is not enough
-    to key a cache: the files behind it can change)."""
+    """Fingerprint of a file or a directory (a Path's string is not enough to key a cache: the
+    files behind it can change).
+
+    A file: its content hash (data files and feature modules are small). A directory (a model
+    saved with save_pretrained, gigabytes): the relative name, size and modification time
+    (ns) of every file under it, never their content, so a run start costs one ``stat`` per
+    file. Rewriting a file changes its mtime and so the key; a copy that keeps mtimes
+    (``cp -a``, ``rsync -a``) keeps the key, a copy that does not (plain ``cp``) gets a new
+    one and rebuilds."""
     h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    h.update(path.name.encode())
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
     return h.hexdigest()
 
 
 def source_fingerprint(source: ModelSourceConfig) -> dict[str, Any]:
     """What identifies a hub or local model in a cache key: the hub name and revision, or the
-    local directory's content (its path alone is not enough)."""
+    local directory's files (names, sizes and mtimes, see ``file_fingerprint``; its path alone
+    is not enough)."""
     if source.source == "local":
         assert source.path is not None
         return {

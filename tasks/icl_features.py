@@ -1,6 +1,8 @@
-"""ICL's built-in features: ``task`` (the translation direction every demonstration shows, under
-the run's word list) and ``input`` (the word after the last ``Input:``); ``None`` on malformed
-text.
+"""ICL's built-in features: ``input`` (the word after the last ``Input:``); ``task_rule`` (the
+translation direction every demonstration shows, under the run's word list); with a labeller
+configured, ``task`` (the paper's Task(x): the labeller names the translation the
+demonstrations show, constrained to "Language_1-to-Language_2 translation", so it is defined
+also where demonstrations are imperfect). ``None`` on malformed text.
 
 Kept apart from the prior (``tasks/icl.py``), so that editing a feature reruns only the stages
 ``label`` and ``fcr``.
@@ -12,7 +14,7 @@ import re
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-from inversescope.tasks.icl import direction_name, lexicon, words_path
+from inversescope.tasks.icl import LANGUAGES, direction_name, lexicon, words_path
 
 if TYPE_CHECKING:
     from inversescope.tasks.features import FeatureContext
@@ -42,10 +44,31 @@ def task_of(text: str, words: str | None = None) -> str | None:
     return direction_name(fits[0]) if len(fits) == 1 else None
 
 
-def task(texts: list[str], context: FeatureContext) -> list[str | None]:
-    """Feature ``task``: :func:`task_of` under the run's word list."""
+def task_rule(texts: list[str], context: FeatureContext) -> list[str | None]:
+    """Feature ``task_rule``: :func:`task_of` under the run's word list."""
     words = words_path(context.files)
     return [task_of(t, words) for t in texts]
+
+
+TASK_LABELS = [
+    f"{a.capitalize()}-to-{b.capitalize()} translation"
+    for a in LANGUAGES
+    for b in LANGUAGES
+    if a != b
+]
+TASK_TEMPLATE = (
+    "The following examples show a word translation task.\n{input}\nWhich translation do "
+    "they show? Answer as Language_1-to-Language_2 translation.\nAnswer:"
+)
+
+
+def task(texts: list[str], context: FeatureContext) -> list[str | None]:
+    """Feature ``task`` (the paper's): the labeller's choice among ``TASK_LABELS`` for a text
+    with at least one ``Input: ..., Output: ...`` demonstration; ``None`` for other text."""
+    assert context.labeller is not None
+    picked = [t for t in texts if _PAIR.search(t)]
+    judged = dict(zip(picked, context.labeller(TASK_TEMPLATE, TASK_LABELS)(picked), strict=True))
+    return [judged.get(t) for t in texts]
 
 
 def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
@@ -55,4 +78,5 @@ def input(text: str) -> str | None:  # noqa: A001 - the paper's feature name
 
 
 FEATURES: dict[str, Callable[[str], Hashable | None]] = {"input": input}
-BATCH_FEATURES = {"task": task}
+BATCH_FEATURES = {"task_rule": task_rule, "task": task}
+NEEDS_LABELLER = ("task",)

@@ -1,5 +1,6 @@
-"""IOI's built-in features: ``subject`` (the name that occurs twice) and ``object`` (the name that
-occurs once), defined on well-formed IOI prompts and ``None`` elsewhere.
+"""IOI's built-in features: ``subject`` (the name that occurs twice), ``object`` (the name that
+occurs once), ``item`` (the thing given, e.g. "drink": the paper finds L9H3 carrying it) and
+``place`` (e.g. "store"), defined on well-formed IOI prompts and ``None`` elsewhere.
 
 Kept apart from the prior (``tasks/ioi.py``), so that editing a feature reruns only the stages
 ``label`` and ``fcr``.
@@ -38,7 +39,7 @@ _TEMPLATE_REGEXES = tuple(_template_regex(t) for t in TEMPLATES)
 
 
 def parse(text: str) -> dict[str, str] | None:
-    """The names of a well-formed IOI prompt, or ``None``.
+    """The names, item and place of a well-formed IOI prompt, or ``None``.
 
     Well-formed: the whole text (surrounding whitespace aside) is one of the templates, with
     two distinct known names in the first clause and one of them repeated as the subject.
@@ -52,7 +53,12 @@ def parse(text: str) -> dict[str, str] | None:
         n1, n2, s = m.group("n1"), m.group("n2"), m.group("s")
         if n1 == n2 or not {n1, n2, s} <= _NAME_SET or s not in (n1, n2):
             return None
-        return {"subject": s, "object": n2 if s == n1 else n1}
+        return {
+            "subject": s,
+            "object": n2 if s == n1 else n1,
+            "item": m.group("object"),
+            "place": m.group("place"),
+        }
     return None
 
 
@@ -68,4 +74,22 @@ def object(text: str) -> str | None:  # noqa: A001 - the paper's feature name
     return None if parsed is None else parsed["object"]
 
 
-FEATURES: dict[str, Callable[[str], Hashable | None]] = {"subject": subject, "object": object}
+def item(text: str) -> str | None:
+    """The thing given (the template's object word, e.g. ``drink``), or ``None`` if ``text`` is
+    not an IOI prompt."""
+    parsed = parse(text)
+    return None if parsed is None else parsed["item"]
+
+
+def place(text: str) -> str | None:
+    """Where the scene happens (e.g. ``store``), or ``None`` if ``text`` is not an IOI prompt."""
+    parsed = parse(text)
+    return None if parsed is None else parsed["place"]
+
+
+FEATURES: dict[str, Callable[[str], Hashable | None]] = {
+    "subject": subject,
+    "object": object,
+    "item": item,
+    "place": place,
+}

@@ -12,6 +12,10 @@ from inversescope.flows.cli import main
         (["run", "ioi-tiny", "--set", "device=cuda"], "this machine has no CUDA device"),
         (["run", "ioi-tiny", "--set", "runner.address=tcp://h:1"], "needs runner.kind=dask"),
         (["run", "ioi-tiny", "--set", "runner.shards=0"], "runner.shards"),
+        (
+            ["run", "ioi-tiny", "--set", "fcr.references={colour: red}"],
+            "fcr.references names features ['colour']",
+        ),
     ],
 )
 def test_bad_values_exit_2_with_one_line(argv, expect, capsys):

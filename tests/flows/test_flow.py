@@ -70,7 +70,10 @@ def test_deployment_carries_the_run_config(small_run, tmp_path):
 
 @pytest.mark.parametrize(
     ("preset", "features"),
-    [("icl-tiny", {"task", "input"}), ("refusal-tiny", {"harmfulness", "reason", "method"})],
+    [
+        ("icl-tiny", {"task", "task_rule", "input"}),
+        ("refusal-tiny", {"harmfulness", "reason", "method"}),
+    ],
 )
 def test_every_task_runs_end_to_end(prefect_harness, small, preset, features, tmp_path):
     import polars as pl

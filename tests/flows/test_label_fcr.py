@@ -60,7 +60,9 @@ def test_labels_and_results(workdir, small, user_features):
         "example_id",
         "sample_idx",
         "first",
+        "item",
         "object",
+        "place",
         "size",
         "subject",
     ]
@@ -72,13 +74,13 @@ def test_labels_and_results(workdir, small, user_features):
 
     table = pl.read_parquet(Path(results["fcr"].path) / RESULTS)
     assert dict(table.schema) == SCHEMA
-    assert table.height == 3 * 4  # sites x features
+    assert table.height == 3 * 6  # sites x features
     assert table.select(pl.struct("site", "feature").n_unique()).item() == table.height
     refusal = samples.group_by("site").agg(r=1 - pl.col("accepted").mean())
     check = table.join(refusal, on="site")
     assert ((check["refusal_rate"] - check["r"]).abs() < 1e-12).all()
     assert table.filter(pl.col("site") == "L1H0")["head"].unique().to_list() == [0]
-    assert table.filter(pl.col("site") == "L1.attn")["head"].null_count() == 4
+    assert table.filter(pl.col("site") == "L1.attn")["head"].null_count() == 6
     for name in ("fcr_heads_subject.png", "fcr_layers.png", "refusal_hist.png"):
         assert (Path(results["fcr"].path) / name).stat().st_size > 1000
     assert scan_results(workdir).collect().height >= table.height
@@ -99,6 +101,8 @@ def test_editing_one_feature_relabels_only_it(workdir, small, user_features):
         "size": False,
         "subject": True,
         "object": True,
+        "item": True,
+        "place": True,
     }
 
 

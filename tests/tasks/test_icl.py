@@ -65,9 +65,10 @@ def test_user_word_list(tmp_path):
     for r in train + test:
         assert r["input"] in words and r["answer"].strip() in words
     ctx = FeatureContext(files=(path,))
-    got = icl_features.task([r["text"] for r in train], ctx)
+    got = icl_features.task_rule([r["text"] for r in train], ctx)
     assert got == [r["task"] for r in train]  # the user's lexicon decides the direction
-    assert icl_features.task([train[0]["text"]], FeatureContext()) == [None]  # shipped list: no fit
+    # the shipped list: no direction fits
+    assert icl_features.task_rule([train[0]["text"]], FeatureContext()) == [None]
 
 
 def test_bad_user_word_lists(tmp_path):
