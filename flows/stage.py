@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import random
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -112,6 +114,9 @@ def seed_everything(seed: int) -> None:
     import numpy as np
     import torch
 
+    # cuBLAS is deterministic only with a fixed workspace, set before its first use
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -121,18 +126,37 @@ _GLOBAL_RNG = threading.Lock()
 
 
 @contextmanager
-def seeded(mod: Stage, seed: int) -> Iterator[None]:
-    """Seed the global random generators for a stage that draws from them (``SEEDED``: it
-    initialises or trains a model) and hold them for its whole build: stages run side by side
-    in threads of one process (extract beside backbone), and a reseed in the middle of another
-    stage's initialisation would change its weights. Other stages use their own generators and
+def seeded(mod: Stage, seed: int) -> Iterator[list[str]]:
+    """For a stage that draws from the global random generators (``SEEDED``: it initialises
+    or trains a model): seed them, switch torch to its deterministic algorithms, and hold both
+    for the whole build. Stages run side by side in threads of one process (extract beside
+    backbone), and a reseed in the middle of another stage's initialisation would change its
+    weights. Yields a list that fills with the operations torch could not make deterministic
+    (none on CPU; the manifest records them). Other stages use their own generators and
     neither seed nor wait."""
     if not getattr(mod, "SEEDED", False):
-        yield
+        yield []
         return
+    import torch  # deferred: computing keys must not import torch
+
+    nondeterministic: list[str] = []
     with _GLOBAL_RNG:
-        seed_everything(seed)
-        yield
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            seed_everything(seed)
+            previous = torch.are_deterministic_algorithms_enabled()
+            # e.g. the backward of indexing the site encoders by repeated site indices
+            # accumulates in parallel on CPU, in whatever order threads finish, unless this is on
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                yield nondeterministic
+            finally:
+                torch.use_deterministic_algorithms(previous)
+        for w in caught:  # the other warnings go on to the usual handlers
+            if "does not have a deterministic implementation" in str(w.message):
+                nondeterministic.append(str(w.message).splitlines()[0])
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, str]:
@@ -197,8 +221,10 @@ def run_stage(
             return StageResult(name, "cached", key, str(hit.path), round(timer.seconds, 3))
         partial = store.begin(name, key, resumable=mod.RESUMABLE)
         log.info("%s: building %s", name, store.path(name, key))
-        with seeded(mod, run.seed):
+        with seeded(mod, run.seed) as nondeterministic:
             metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
+        if getattr(mod, "SEEDED", False):
+            metrics = {**metrics, "nondeterministic_ops": nondeterministic}
         seconds = round(timer.seconds, 3)
         art = _commit(store, name, run, key, inputs, metrics, seconds)
     log.info("%s: done in %.1f s -> %s", name, seconds, art.path)
