@@ -60,18 +60,18 @@ def main() -> None:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    base = Path(args.workdir).resolve()
-    run = load_run_config(args.preset, args.overrides)
-    keys = run_keys(run)
-    for name in UPSTREAM:
-        run_stage(name, run, base, keys)
-
+    # the server first: its import (beartype) fails once nnsight is imported (by the stages)
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
     server.start(timeout=180)
     os.environ["PREFECT_API_URL"] = server.api_url  # the Dask workers report to it
+    base = Path(args.workdir).resolve()
+    run = load_run_config(args.preset, args.overrides)
+    keys = run_keys(run)
     try:
+        for name in UPSTREAM:
+            run_stage(name, run, base, keys)
         result = {"preset": args.preset, "cpus": os.cpu_count(), "shards": args.shards}
         result["local"] = measure(run, base, keys)
         for n in [int(x) for x in args.workers.split(",")]:
