@@ -89,3 +89,27 @@ def _artifact_files(root) -> dict[str, bytes]:
 def artifact_files():
     """Byte-for-byte comparison of artifacts: ``artifact_files(path) -> {relative path: bytes}``."""
     return _artifact_files
+
+
+@pytest.fixture()
+def make_backbone():
+    """A factory of small random GPT-2 backbones without dropout (eos = bos = token 0)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make(vocab: int = 20, d: int = 32, layers: int = 2, initializer_range: float = 0.02):
+        cfg = GPT2Config(
+            n_layer=layers,
+            n_head=2,
+            n_embd=d,
+            vocab_size=vocab,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+            resid_pdrop=0,
+            embd_pdrop=0,
+            attn_pdrop=0,
+            initializer_range=initializer_range,
+        )
+        return GPT2LMHeadModel(cfg).eval()
+
+    return make

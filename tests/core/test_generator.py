@@ -4,7 +4,6 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversescope.core.config import TrainConfig
 from inversescope.core.generator import ConditionalGenerator
@@ -15,24 +14,17 @@ from inversescope.core.sampling import decode, sample_tokens
 SITES = ["L0H0", "L1H1", "L1.attn"]
 
 
-def backbone(vocab=20, d=32, layers=2):
-    cfg = GPT2Config(
-        n_layer=layers,
-        n_head=2,
-        n_embd=d,
-        vocab_size=vocab,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-        initializer_range=0.3,
-    )  # tied embeddings wide enough for sharp logits
-    return GPT2LMHeadModel(cfg).eval()
+@pytest.fixture()
+def backbone(make_backbone):
+    """Small random GPT-2 backbones for these tests."""
+
+    def make(**kw):
+        return make_backbone(initializer_range=0.3, **kw)
+
+    return make
 
 
-def test_zero_init_equals_backbone_exactly():
+def test_zero_init_equals_backbone_exactly(backbone):
     bb = backbone()
     gen = ConditionalGenerator(bb, SITES, d_site=24, n_heads=4, d_head=8)
     ids = torch.randint(1, 20, (5, 9))
@@ -47,7 +39,7 @@ def test_zero_init_equals_backbone_exactly():
 
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
-def test_backbone_modes(mode):
+def test_backbone_modes(mode, backbone):
     bb = backbone()
     reference = copy.deepcopy(bb)
     gen = ConditionalGenerator(bb, SITES, d_site=8, n_heads=2, d_head=4, backbone_mode=mode)
@@ -83,7 +75,7 @@ def toy_batches(z_table, seqs, batch=16, noise=0.0):
         }
 
 
-def test_training_steps_lower_the_loss_and_use_z():
+def test_training_steps_lower_the_loss_and_use_z(backbone):
     bb = backbone()
     gen = ConditionalGenerator(bb, SITES, d_site=16, n_heads=4, d_head=8)
     z_table = torch.randn(2, 16)
@@ -101,7 +93,7 @@ def test_training_steps_lower_the_loss_and_use_z():
     assert logits[0].argmax() == 3 and logits[1].argmax() == 7
 
 
-def test_conditioned_cache_matches_full_forward():
+def test_conditioned_cache_matches_full_forward(backbone):
     """Control keys/values are fixed per condition, so incremental decoding with the KV cache
     gives the same logits as one full forward pass."""
     bb = backbone()
@@ -120,7 +112,7 @@ def test_conditioned_cache_matches_full_forward():
     assert not torch.allclose(full, plain)  # the condition matters once V is non-zero
 
 
-def test_sampling_reproducible_and_ends_at_eos():
+def test_sampling_reproducible_and_ends_at_eos(backbone):
     bb = backbone()
     gen = ConditionalGenerator(bb, SITES, d_site=16, n_heads=4, d_head=8)
     z, site = torch.randn(6, 16), torch.zeros(6, dtype=torch.long)
@@ -142,7 +134,7 @@ def test_sampling_reproducible_and_ends_at_eos():
     assert decode(Tok(), torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]]), 0) == ["5 6", "7"]
 
 
-def test_inversionview_prefix_conditions_every_layer():
+def test_inversionview_prefix_conditions_every_layer(backbone):
     bb = backbone()
     iv = InversionViewDecoder(bb, SITES, d_site=16, hidden=32)
     ids = torch.randint(1, 20, (2, 6))

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from inversescope.core.config import ControlsConfig, GeneratorConfig
 from inversescope.core.generator import ConditionalGenerator, ControlLayer
@@ -15,20 +14,14 @@ from inversescope.core.methods import method_for
 SITES = ["L0H0", "L1.attn"]
 
 
-def backbone(d=32, layers=2):
-    cfg = GPT2Config(
-        n_layer=layers,
-        n_head=2,
-        n_embd=d,
-        vocab_size=20,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-    )
-    return GPT2LMHeadModel(cfg).eval()
+@pytest.fixture()
+def backbone(make_backbone):
+    """Small random GPT-2 backbones for these tests."""
+
+    def make(**kw):
+        return make_backbone(**kw)
+
+    return make
 
 
 @pytest.mark.parametrize(
@@ -51,7 +44,7 @@ def test_value_parameter_counts(d_model, d_cond, heads, d_head):
 
 
 @pytest.mark.parametrize("form", ["projected", "per_head"])
-def test_zero_init_equals_backbone_exactly(form):
+def test_zero_init_equals_backbone_exactly(form, backbone):
     bb = backbone()
     gen = ConditionalGenerator(bb, SITES, d_site=24, n_heads=4, d_head=8, value_form=form)
     ids = torch.randint(1, 20, (4, 9))
@@ -63,7 +56,7 @@ def test_zero_init_equals_backbone_exactly(form):
     )
 
 
-def test_projected_trains_from_zero_init():
+def test_projected_trains_from_zero_init(backbone):
     """O starts at zero, V does not: after one step the condition changes the logits (V = O = 0
     would leave both without gradient forever)."""
     bb = backbone()
@@ -110,7 +103,7 @@ def test_projected_equals_concat_then_output_projection():
     torch.testing.assert_close(got, layer.o(heads), rtol=1e-5, atol=1e-5)
 
 
-def test_config_selects_the_form_and_rejects_others():
+def test_config_selects_the_form_and_rejects_others(backbone):
     bb = backbone()
     for form in ("projected", "per_head"):
         cfg = ControlsConfig(generator=GeneratorConfig(n_heads=4, d_head=8, value_form=form))
