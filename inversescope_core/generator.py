@@ -1,11 +1,14 @@
 """The conditional generator: a frozen decoder-only backbone plus trainable site encoders and one
 control layer per backbone block.
 
-Site encoder (one per site): ``e = E_s z``, a (d_site -> d_site) linear map, Kaiming init.
+Condition (see ``core.conditioning``): the direction of z at unit RMS, ``u = z / ||z|| sqrt(d)``.
+Site encoder (one per site): ``e = LN(E_s u)``, a (d_site -> d_site) linear map, Kaiming init,
+then a layer norm (the paper's formulas omit its layer norms: they go where a transformer puts
+them, on the encoded condition and before the control layer's query).
 Control layer (one per block), H heads with queries and keys of size d_head, for hidden states
 h_i of that block:
 
-    q_i = Q h_i + q̄            (H, d_head)   per position
+    q_i = Q LN(h_i) + q̄        (H, d_head)   per position
     k   = K e + k̄              (H, d_head)   per condition: computed once, reused at every step
     w_i = tanh(q_i · k / sqrt(d_head))       (H,)  one key, so tanh instead of softmax
 
@@ -38,6 +41,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from inversescope.core.architectures import architecture_of
+from inversescope.core.conditioning import direction
 
 VALUE_FORMS = ("projected", "per_head")
 
@@ -51,6 +55,7 @@ class ControlLayer(nn.Module):
             raise ValueError(f"value_form={value_form!r}; accepted: {', '.join(VALUE_FORMS)}")
         self.n_heads, self.d_head, self.d_model = n_heads, d_head, d_model
         self.value_form = value_form
+        self.q_norm = nn.LayerNorm(d_model)  # before the query, as a transformer block
         self.q = nn.Linear(d_model, n_heads * d_head)  # bias = q̄
         self.k = nn.Linear(d_cond, n_heads * d_head)  # bias = k̄
         if value_form == "projected":
@@ -78,7 +83,7 @@ class ControlLayer(nn.Module):
     def forward(self, h: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """The control term to add to hidden states h (B, T, d_model), given ``keys_values``."""
         b, t, _ = h.shape
-        q = self.q(h).view(b, t, self.n_heads, self.d_head)  # (B, T, H * dh) -> (B, T, H, dh)
+        q = self.q(self.q_norm(h)).view(b, t, self.n_heads, self.d_head)  # -> (B, T, H, dh)
         # one key per row: q_i . k per head -> (B, T, H)
         w = torch.tanh(torch.einsum("bthd,bhd->bth", q, k) / math.sqrt(self.d_head))
         out = torch.einsum("bth,bhm->btm", w, v)  # sum over heads of w v -> (B, T, d_model)
@@ -112,6 +117,7 @@ class ConditionalGenerator(nn.Module):
         self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
         for i in range(len(sites)):
             nn.init.kaiming_uniform_(self.encoders.data[i], a=math.sqrt(5))
+        self.cond_norm = nn.LayerNorm(d_site)  # on the encoded condition
         blocks = architecture_of(backbone.config).blocks(backbone)
         self.controls = nn.ModuleList(
             ControlLayer(d_model, d_site, n_heads, d_head, value_form) for _ in range(len(blocks))
@@ -141,9 +147,11 @@ class ConditionalGenerator(nn.Module):
         return add_control
 
     def encode(self, z: torch.Tensor, site_idx: torch.Tensor) -> torch.Tensor:
-        """Site-specific linear encoding of z (B, d) -> (B, d)."""
+        """Site-specific encoding of z's direction (B, d) -> (B, d), layer-normed."""
+        u = direction(z)  # (B, d), unit RMS: the norm of z never reaches the generator
         # (B, d) x (B, d_out, d_in)^T -> (B, d_out): row b through its site's encoder
-        return torch.einsum("bd,bde->be", z, self.encoders[site_idx].transpose(1, 2))
+        e = torch.einsum("bd,bde->be", u, self.encoders[site_idx].transpose(1, 2))
+        return self.cond_norm(e)
 
     def condition(self, z: torch.Tensor | None, site_idx: torch.Tensor | None = None) -> None:
         """Fix the condition of every row of the next forward passes (None: plain backbone)."""

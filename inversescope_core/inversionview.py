@@ -1,6 +1,8 @@
 """The InversionView baseline decoder (the paper's appendix C.1.4), as InversionView builds it.
 
-The activation z, plus a learned per-site embedding, goes through a small residual MLP; its
+The activation's direction (``core.conditioning``: z / ||z|| * sqrt(d), as the generator reads
+it, so the comparison is fair), plus a learned per-site embedding, goes through a small
+residual MLP; its
 output is projected to one extra key/value position for every self-attention layer of the
 decoder, prepended to the decoder's cache. The whole decoder trains. No training noise; at
 sampling time Gaussian noise of scale ε is added to z (their protocol).
@@ -13,6 +15,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from inversescope.core.architectures import architecture_of
+from inversescope.core.conditioning import direction
 
 
 class ResidualMLP(nn.Module):
@@ -48,7 +51,9 @@ class InversionViewDecoder(nn.Module):
     def prefix(self, z: torch.Tensor, site_idx: torch.Tensor) -> DynamicCache:
         """A cache holding one key/value position per layer for each row of z (B, d)."""
         b = z.shape[0]
-        h = self.mlp(z + self.site_embedding(site_idx))  # (B, d)
+        # the direction of z at unit RMS, as the generator reads it (core.conditioning): the
+        # site embedding (norm about sqrt(d)) no longer drowns a raw z of norm 0.15 to 1
+        h = self.mlp(direction(z) + self.site_embedding(site_idx))  # (B, d)
         # (B, L * 2 * n_kv * dh) -> (B, L, key|value, n_kv, one position, dh)
         kv = self.to_kv(h).view(b, self.n_layer, 2, self.n_kv, 1, self.head_dim)
         cache = DynamicCache(config=self.backbone.config)

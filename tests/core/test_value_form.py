@@ -36,7 +36,7 @@ def test_value_parameter_counts(d_model, d_cond, heads, d_head):
     # weights d_cond·H·d_head + H·d_head·d_model, plus the biases v̄ (H·d_head) and ō (d_model)
     assert projected.value_parameters() == d_cond * hd + hd * d_model + hd + d_model
     assert per_head.value_parameters() == d_cond * heads * d_model + heads * d_model
-    qk = (d_model + 1) * hd + (d_cond + 1) * hd
+    qk = (d_model + 1) * hd + (d_cond + 1) * hd + 2 * d_model  # + the query's layer norm
     assert sum(p.numel() for p in projected.parameters()) == qk + projected.value_parameters()
     if (d_cond, heads) == (4096, 32):  # the figures: ~10 M against 100 M per block
         assert 9.9e6 < projected.value_parameters() < 10.1e6
@@ -95,7 +95,7 @@ def test_projected_equals_concat_then_output_projection():
     h, e = torch.randn(2, 7, 16), torch.randn(2, 12)
     k, v = layer.keys_values(e)
     got = layer(h, k, v)
-    q = layer.q(h).view(2, 7, 3, 5)
+    q = layer.q(layer.q_norm(h)).view(2, 7, 3, 5)
     kk = layer.k(e).view(2, 3, 5)
     vv = layer.v(e).view(2, 3, 5)
     w = torch.tanh((q * kk[:, None]).sum(-1) / math.sqrt(5))  # (B, T, H)
