@@ -92,6 +92,26 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--site", required=True)
     smp.add_argument("--example", type=int, required=True, help="prior test id of the reference")
     smp.add_argument("--limit", type=int, default=20)
+    ver = sub.add_parser(
+        "verify",
+        help="read every artifact under WORKDIR back (manifests, Zarr checksums, Parquet, "
+        "checkpoints); report corrupt, orphaned and stale partial ones (exit 1 if any)",
+    )
+    ver.add_argument("workdir")
+    gc = sub.add_parser(
+        "gc",
+        help="remove partial builds of dead runs and the artifacts no kept fcr result "
+        "references; print the space freed",
+    )
+    gc.add_argument("workdir")
+    gc.add_argument(
+        "--keep",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep only the N newest fcr results and what they reference (default: every one)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
     return p
 
 
@@ -184,6 +204,50 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     ref_cols = [c for c in df.columns if c.endswith("_ref")]
     print("reference labels: " + ", ".join(f"{c[:-4]}={df[c][0]}" for c in ref_cols))
     _print_frame(df.sort("distance").drop(["site", "example_id", *ref_cols]).head(args.limit))
+    return 0
+
+
+def _existing_workdir(workdir: str) -> Path:
+    path = Path(workdir)
+    if not path.exists():
+        raise ConfigError(f"workdir {workdir!r} does not exist; name an artifact directory")
+    if not path.is_dir():
+        raise ConfigError(f"workdir {workdir!r} is not a directory; name an artifact directory")
+    return path
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from inversescope.storage.verify import verify_workdir
+
+    report = verify_workdir(_existing_workdir(args.workdir))
+    for f in report.findings:
+        print(f"{f.kind:13s} {f.path}: {f.detail}")
+    kinds = ("corrupt", "orphaned", "stale partial", "in progress")
+    print(
+        f"verify: {report.artifacts} artifacts, {report.files} files checked; "
+        + ", ".join(f"{report.count(k)} {k}" for k in kinds)
+        + ("" if report.ok else " -- problems found")
+    )
+    return 0 if report.ok else 1
+
+
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from inversescope.storage.verify import collect_garbage
+
+    if args.keep is not None and args.keep < 1:
+        raise ConfigError(f"--keep {args.keep}: expected a positive number of fcr results")
+    report = collect_garbage(_existing_workdir(args.workdir), args.keep, args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for r in report.removed:
+        print(f"{verb} {r.path} ({r.why}; {_human(r.size)})")
+    for path, why in report.skipped:
+        print(f"kept {path} ({why})")
+    kept = len(report.kept_results)
+    print(
+        f"gc: {'would free' if args.dry_run else 'freed'} {_human(report.freed)} "
+        f"({report.freed} bytes) in {len(report.removed)} paths; kept {kept} fcr "
+        f"result{'s' if kept != 1 else ''} and {report.kept} committed artifacts"
+    )
     return 0
 
 
@@ -324,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_results(args)
         if args.command == "samples":
             return _cmd_samples(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
+        if args.command == "gc":
+            return _cmd_gc(args)
         return _cmd_run(args)
     except ConfigError as e:
         print(f"inversescope: error: {e}", file=sys.stderr)

@@ -144,14 +144,16 @@ def _create(out: Path, cfg: ExtractConfig, rows: dict[str, int], d_model: int, a
     )
 
 
-def _attrs(ctx: StageContext, render) -> tuple[dict[str, Any], int]:
+def _attrs(ctx: StageContext, rendered: bool) -> tuple[dict[str, Any], int]:
+    """The store's attributes (what was read, from which target, rendered or not) and the
+    target's width, from its config alone."""
     # transformers deferred: computing keys must not import it
     from inversescope.core.architectures import dims_of
 
     target = ctx.inputs["target"]
     dims = dims_of(layout.target_model_config(target))
     attrs = {
-        "rendered": render,
+        "rendered": rendered,
         "model": layout.target_name(target),
         "target_key": target.key,
         "architecture": dims.architecture,

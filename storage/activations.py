@@ -21,6 +21,10 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 STORE = "activations.zarr"
 
 
+class CorruptActivations(RuntimeError):
+    """A chunk of an activation store fails its checksum or cannot be decoded."""
+
+
 def _compressors() -> list:
     return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]
 
@@ -104,5 +108,44 @@ class ActivationStore:
         return sorted(self.group[split].array_keys()) if split in self.group else []
 
     def read(self, split: str, site: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Rows ``start:stop`` as float32, whatever the stored dtype."""
-        return np.asarray(self.array(split, site)[start:stop], dtype=np.float32)
+        """Rows ``start:stop`` as float32, whatever the stored dtype. A chunk that fails its
+        crc32c checksum raises ``CorruptActivations`` naming the chunk files: never garbage."""
+        arr = self.array(split, site)
+        try:
+            values = arr[start:stop]
+        except ValueError as e:  # the crc32c codec's "checksum do not match", or a bad decode
+            lo, hi, _ = slice(start, stop).indices(arr.shape[0])
+            bad = bad_chunks(arr, self.root / STORE, lo, hi)
+            if not bad:
+                raise
+            files = "; ".join(f"{path} ({why})" for path, why in bad)
+            raise CorruptActivations(
+                f"activations {split}/{site} rows {lo}:{hi} of {self.root} are corrupt: {files}"
+            ) from e
+        return np.asarray(values, dtype=np.float32)
+
+
+def chunk_path(arr: zarr.Array, store_dir: Path, index: tuple[int, ...]) -> Path:
+    """The file of chunk ``index`` of ``arr`` (the default v3 key encoding: ``c/<i>/<j>``)."""
+    return Path(store_dir) / arr.path / arr.metadata.encode_chunk_key(index)
+
+
+def bad_chunks(
+    arr: zarr.Array, store_dir: Path, start: int = 0, stop: int | None = None
+) -> list[tuple[Path, str]]:
+    """(chunk file, why) of every chunk of rows ``start:stop`` of a 2-d ``arr`` that is missing
+    (it would read as the fill value) or fails to decode (checksum, compression)."""
+    step = arr.chunks[0]
+    stop = arr.shape[0] if stop is None else stop
+    found = []
+    for i in range(start // step, -(-stop // step)):
+        for j in range(arr.cdata_shape[1]):
+            path = chunk_path(arr, store_dir, (i, j))
+            if not path.is_file():
+                found.append((path, "missing chunk file (it would read as the fill value)"))
+                continue
+            try:
+                arr.get_block_selection((i, j))
+            except Exception as e:  # any failure to decode is corruption
+                found.append((path, f"{type(e).__name__}: {e}"))
+    return found

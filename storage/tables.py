@@ -11,5 +11,12 @@ import polars as pl
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     """Write to a hidden temporary file beside ``path``, then ``os.replace`` it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.write_parquet(tmp, compression="zstd", statistics=True)
+    # page checksums (crc32), so `inversescope verify` finds a flipped byte in a data page
+    df.write_parquet(
+        tmp,
+        compression="zstd",
+        statistics=True,
+        use_pyarrow=True,
+        pyarrow_options={"write_page_checksum": True},
+    )
     os.replace(tmp, path)
