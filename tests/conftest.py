@@ -47,6 +47,12 @@ def small():
 
 
 @pytest.fixture(scope="session")
+def small_overrides() -> tuple[str, ...]:
+    """The same overrides, for fixtures wider than one test (module- or session-scoped)."""
+    return tuple(SMALL_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for every flow test of the session."""
     from prefect.testing.utilities import prefect_test_harness

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_OVERRIDES
 
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_stage
@@ -40,15 +39,15 @@ def flip_bytes(path: Path, at: float = 0.5, n: int = 8) -> None:
     path.write_bytes(bytes(data))
 
 
-def small_run():
-    return load_run_config("ioi-tiny", [*SMALL_OVERRIDES, *FAST])
+def small_run(overrides):
+    return load_run_config("ioi-tiny", [*overrides, *FAST])
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
+def built(tmp_path_factory, small_overrides) -> Path:
     """A workdir with the prior, target, extract and backbone artifacts of a small run."""
     workdir = tmp_path_factory.mktemp("verify")
-    run = small_run()
+    run = small_run(small_overrides)
     for stage in ("prior", "target", "extract", "backbone"):
         run_stage(stage, run, workdir)
     return workdir
@@ -140,11 +139,11 @@ def test_reading_a_corrupt_chunk_names_it(workdir):
     assert str(chunk) in str(e.value)
 
 
-def test_the_controls_stage_fails_on_a_corrupt_input(workdir):
+def test_the_controls_stage_fails_on_a_corrupt_input(workdir, small_overrides):
     chunk = artifact(workdir, "extract") / STORE / "test" / "L0H1" / "c" / "0" / "0"
     flip_bytes(chunk)
     with pytest.raises(CorruptActivations, match=str(chunk)):
-        run_stage("controls", small_run(), workdir)
+        run_stage("controls", small_run(small_overrides), workdir)
     assert not [p for p in (workdir / "controls").iterdir() if (p / MANIFEST).exists()]
 
 
