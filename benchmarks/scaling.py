@@ -61,15 +61,12 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # the server first: its import (beartype) fails once nnsight is imported (by the stages)
-    from prefect.server.api.server import SubprocessASGIServer
+    from inversescope.flows.fanout import temporary_server
 
-    server = SubprocessASGIServer()
-    server.start(timeout=180)
-    os.environ["PREFECT_API_URL"] = server.api_url  # the Dask workers report to it
     base = Path(args.workdir).resolve()
     run = load_run_config(args.preset, args.overrides)
     keys = run_keys(run)
-    try:
+    with temporary_server():  # the Dask workers report to it
         for name in UPSTREAM:
             run_stage(name, run, base, keys)
         result = {"preset": args.preset, "cpus": os.cpu_count(), "shards": args.shards}
@@ -85,8 +82,6 @@ def main() -> None:
                 ],
             )
             result[f"dask_{n}"] = measure(fanned, base, keys)
-    finally:
-        server.stop()
     one = result.get("dask_1")
     if one:
         result["ratios_vs_1_worker"] = {

@@ -325,16 +325,10 @@ def _server_for_workers(needed: bool) -> Iterator[None]:
     if not needed or os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from inversescope.flows.fanout import temporary_server  # prefect: only for dask runs
 
-    server = SubprocessASGIServer()
-    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
+    with temporary_server(int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])):
         yield
-    finally:
-        del os.environ["PREFECT_API_URL"]
-        server.stop()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ cluster given by ``runner.address`` must have it in its workers' environment).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import task, unmapped
@@ -24,6 +26,29 @@ from prefect.futures import PrefectFuture
 
 from inversescope.flows.config import RunConfig, RunnerConfig
 from inversescope.flows.stage import commit_stage, plan_stage, run_stage_shard
+
+
+@contextmanager
+def temporary_server(startup_timeout: int = 180) -> Iterator[str]:
+    """A Prefect server for this process and the processes it starts (Dask workers): started
+    here, named in ``PREFECT_API_URL`` while it runs; on exit the log and event workers are
+    drained first (else, at interpreter exit, they retry against the stopped server), then it
+    stops."""
+    # prefect's server, log and event workers deferred: only dask runs without a server need them
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=startup_timeout)
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        yield server.api_url
+    finally:
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        del os.environ["PREFECT_API_URL"]
+        server.stop()
 
 
 def dask_task_runner(cfg: RunnerConfig):
