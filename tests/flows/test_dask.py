@@ -95,3 +95,26 @@ def test_a_killed_worker_costs_only_its_shards(api_url, small, tmp_path, monkeyp
     assert victim in after and set(after) > set(before)
     manifest = store.require(stage, keys[stage]).manifest
     assert manifest["stage"] == stage and os.path.isdir(final)
+
+
+def test_the_cli_runs_on_dask_and_exits(small, tmp_path):
+    """The real entry point: a temporary server for the workers, every stage, and an exit that
+    does not hang on Prefect's workers retrying against a stopped server."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"preset": "ioi-tiny"}))
+    args = [a for o in [*small, *DASK] for a in ("--set", o)]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [sys.executable, "-m", "inversescope.flows.cli", "run", str(cfg), *args, "--json",
+         "--workdir", str(tmp_path / "wd")],
+        capture_output=True, text=True, timeout=600, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = json.loads(done.stdout)["stages"]
+    assert {r["status"] for r in stages.values()} == {"ran"}
