@@ -18,13 +18,13 @@ log = logging.getLogger(__name__)
 
 NAME = "backbone"
 INPUTS: tuple[str, ...] = ("prior", "target")
-RESUMABLE = False
+RESUMABLE = True  # training continues from its last checkpoint
 SEEDED = True  # initialises and trains a model from the global generators
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:
     b = run.backbone
-    cfg = {"seed": run.seed, **b.model_dump(mode="json", exclude={"path"})}
+    cfg = {"seed": run.seed, **b.model_dump(mode="json", exclude={"path"}), "train": b.train.key()}
     if b.source == "local":
         assert b.path is not None
         cfg["content"] = file_fingerprint(b.path)
@@ -33,7 +33,7 @@ def config_of(run: RunConfig) -> dict[str, Any]:
 
 def build(ctx: StageContext) -> dict[str, Any]:
     # torch, transformers and peft deferred: computing keys must not import them
-    from inversescope.core.lm_training import mean_loss, text_batches, train_causal_lm
+    from inversescope.core.lm_training import TextBatches, mean_loss, train_causal_lm
     from inversescope.core.models import build_tiny_gpt2, pick_device
 
     b = ctx.run.backbone
@@ -54,11 +54,13 @@ def build(ctx: StageContext) -> dict[str, Any]:
     held_out = _fixed_batches(test_texts, tokenizer, b.train.batch_size)
     result = train_causal_lm(
         model,
-        text_batches(train_texts, tokenizer, b.train.batch_size, ctx.run.seed),
+        TextBatches(train_texts, tokenizer, b.train.batch_size, ctx.run.seed),
         b.train,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},
         stage="backbone",
+        checkpoint=layout.train_checkpoint(ctx.out),
     )
+    layout.drop_train_checkpoint(ctx.out)
     if b.finetune == "lora":
         model = model.merge_and_unload()
     layout.save_model(ctx.out, model, tokenizer)

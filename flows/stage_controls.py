@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 
 NAME = "controls"
 INPUTS: tuple[str, ...] = ("prior", "extract", "backbone")
-RESUMABLE = False
+RESUMABLE = True  # training continues from its last checkpoint
 SEEDED = True  # initialises and trains a model from the global generators
 
 
@@ -42,48 +41,95 @@ def config_of(run: RunConfig) -> dict[str, Any]:
         "method": method.name,
         "seed": run.seed,
         "sites": run.sample_sites,
-        "train": run.controls.train.model_dump(mode="json"),
+        "train": run.controls.train.key(),
         **method.training_config(run.kernel),
     }
 
 
-def activation_batches(
-    store: ActivationStore,
-    split: str,
-    sites: list[str],
-    texts: list[str],
-    tokenizer,
-    batch_size: int,
-    seed: int,
-    noise=None,
-) -> Iterator[dict[str, torch.Tensor]]:
+class ActivationBatches:
     """Endless batches of (tokens of x_hat, z_hat + r, site index), sites mixed in each batch.
-    Reads one row chunk of every site at a time, in shuffled chunk order."""
-    # torch deferred: computing keys must not import it
-    import torch
+    Reads one row chunk of every site at a time, in shuffled chunk order. Its position (the
+    generators, the chunk order, the pairs left in the current chunk) is checkpointable, so a
+    resumed training sees exactly the batches an uninterrupted one would."""
 
-    from inversescope.core.lm_training import lm_batch
+    def __init__(
+        self,
+        store: ActivationStore,
+        split: str,
+        sites: list[str],
+        texts: list[str],
+        tokenizer,
+        batch_size: int,
+        seed: int,
+        noise=None,
+    ):
+        self.store, self.split, self.sites, self.texts = store, split, sites, texts
+        self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise
+        self.rng = random.Random(seed)
+        n_rows = store.array(split, sites[0]).shape[0]
+        self.step = store.array(split, sites[0]).chunks[0]
+        self.starts = list(range(0, n_rows, self.step))
+        self.pos = len(self.starts)  # the first call starts an epoch
+        self.start = -1  # the chunk now read (-1: none)
+        self.pairs: list[tuple[int, int]] = []  # (row in chunk, site index), shuffled
+        self.i = 0  # pairs already batched
+        self.block: np.ndarray | None = None  # (S, R, d): the chunk's rows at every site
 
-    rng = random.Random(seed)
-    n_rows = store.array(split, sites[0]).shape[0]
-    step = store.array(split, sites[0]).chunks[0]
-    starts = list(range(0, n_rows, step))
-    while True:
-        rng.shuffle(starts)
-        for start in starts:
-            # (S, R, d): R rows of the chunk at every site
-            block = np.stack([store.read(split, s, start, start + step) for s in sites])
-            pairs = [(r, s) for r in range(block.shape[1]) for s in range(len(sites))]
-            rng.shuffle(pairs)
-            for i in range(0, len(pairs) - batch_size + 1, batch_size):
-                chunk = pairs[i : i + batch_size]
-                rows = [r for r, _ in chunk]
-                site_idx = torch.tensor([s for _, s in chunk])  # (B,)
-                z = torch.from_numpy(block[site_idx.numpy(), rows])  # (B, d)
-                if noise is not None:
-                    z = z + noise(z)
-                batch = lm_batch(tokenizer, [texts[start + r] for r in rows])
-                yield {**batch, "z": z, "site_idx": site_idx}
+    def __iter__(self) -> ActivationBatches:
+        return self
+
+    def _read(self, start: int) -> None:
+        self.start = start
+        self.block = np.stack(
+            [self.store.read(self.split, s, start, start + self.step) for s in self.sites]
+        )
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        # torch deferred: computing keys must not import it
+        import torch
+
+        from inversescope.core.lm_training import lm_batch
+
+        while self.i + self.batch_size > len(self.pairs):
+            if self.pos >= len(self.starts):
+                self.rng.shuffle(self.starts)
+                self.pos = 0
+            self._read(self.starts[self.pos])
+            self.pos += 1
+            n_rows = self.block.shape[1]  # type: ignore[union-attr]
+            self.pairs = [(r, s) for r in range(n_rows) for s in range(len(self.sites))]
+            self.rng.shuffle(self.pairs)
+            self.i = 0
+        assert self.block is not None
+        chunk = self.pairs[self.i : self.i + self.batch_size]
+        self.i += self.batch_size
+        rows = [r for r, _ in chunk]
+        site_idx = torch.tensor([s for _, s in chunk])  # (B,)
+        z = torch.from_numpy(self.block[site_idx.numpy(), rows])  # (B, d)
+        if self.noise is not None:
+            z = z + self.noise(z)
+        batch = lm_batch(self.tokenizer, [self.texts[self.start + r] for r in rows])
+        return {**batch, "z": z, "site_idx": site_idx}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.getstate(),
+            "starts": list(self.starts),
+            "pos": self.pos,
+            "start": self.start,
+            "pairs": list(self.pairs),
+            "i": self.i,
+            "noise": self.noise.state_dict() if self.noise is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.starts, self.pos = list(state["starts"]), state["pos"]
+        self.pairs, self.i = [tuple(p) for p in state["pairs"]], state["i"]
+        if state["start"] >= 0:
+            self._read(state["start"])
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])
 
 
 def build(ctx: StageContext) -> dict[str, Any]:
@@ -107,17 +153,19 @@ def build(ctx: StageContext) -> dict[str, Any]:
     train_texts = layout.read_split(prior, "train")["text"].to_list()
     test_texts = layout.read_split(prior, "test")["text"].to_list()
     schedule = run.controls.train
-    held = activation_batches(store, "test", sites, test_texts, tokenizer, schedule.batch_size, 1)
+    held = ActivationBatches(store, "test", sites, test_texts, tokenizer, schedule.batch_size, 1)
     held_out = [next(held) for _ in range(4)]
     result = train_causal_lm(
         model,
-        activation_batches(
+        ActivationBatches(
             store, "train", sites, train_texts, tokenizer, schedule.batch_size, run.seed, noise
         ),
         schedule,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},
         stage=f"controls[{method.name}]",
+        checkpoint=layout.train_checkpoint(ctx.out),
     )
+    layout.drop_train_checkpoint(ctx.out)
     layout.save_controls(ctx.out, checkpoint(method, model, sites, d_site))
     return {
         "method": method.name,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NAME = "target"
-RESUMABLE = False
+RESUMABLE = True  # training continues from its last checkpoint
 SEEDED = True  # initialises and trains a model from the global generators
 VAL_ROWS = 500
 INPUTS: tuple[str, ...] = ("prior",)
@@ -33,7 +33,8 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     t = run.target
     if t.source != "train":
         return source_fingerprint(t)
-    return {"seed": run.seed, **t.model_dump(mode="json", exclude={"name", "revision", "path"})}
+    cfg = t.model_dump(mode="json", exclude={"name", "revision", "path"})
+    return {"seed": run.seed, **cfg, "train": t.train.key()}
 
 
 def build(ctx: StageContext) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def build(ctx: StageContext) -> dict[str, Any]:
 
 def _train(run: RunConfig, prior: Artifact, ctx: StageContext) -> dict[str, Any]:
     # torch, transformers and tokenizers deferred: computing keys must not import them
-    from inversescope.core.lm_training import answer_accuracy, text_batches, train_causal_lm
+    from inversescope.core.lm_training import TextBatches, answer_accuracy, train_causal_lm
     from inversescope.core.models import build_tiny_gpt2, pick_device
     from inversescope.core.tokenizer import train_bpe_tokenizer
 
@@ -69,7 +70,7 @@ def _train(run: RunConfig, prior: Artifact, ctx: StageContext) -> dict[str, Any]
         tokenizer.chat_template = task.CHAT_TEMPLATE
     render = task_renderer(run.task, tokenizer) or (lambda text: text)
     full = [render(p) + a for p, a in zip(fit["text"], fit["answer"], strict=True)]
-    prefix = tokenizer.eos_token  # text_batches trains on <eos> text <eos>: read it that way too
+    prefix = tokenizer.eos_token  # TextBatches trains on <eos> text <eos>: read it that way too
     model = build_tiny_gpt2(t.arch, len(tokenizer), tokenizer.eos_token_id)
     model.to(pick_device(run.device))
     longest = max(len(tokenizer(x)["input_ids"]) for x in full) + 2
@@ -90,12 +91,14 @@ def _train(run: RunConfig, prior: Artifact, ctx: StageContext) -> dict[str, Any]
 
     result = train_causal_lm(
         model,
-        text_batches(full, tokenizer, t.train.batch_size, run.seed),
+        TextBatches(full, tokenizer, t.train.batch_size, run.seed),
         t.train,
         evaluate=lambda m: {"val_accuracy": accuracy(m, val)} if n_val else {},
         should_stop=lambda m: m.get("val_accuracy", 0.0) >= t.stop_accuracy,
         stage="target",
+        checkpoint=layout.train_checkpoint(ctx.out),
     )
+    layout.drop_train_checkpoint(ctx.out)
     test_acc = accuracy(model, test)
     log.info("target: test accuracy %.4f after %d steps", test_acc, result.steps)
     if test_acc < t.min_accuracy:

@@ -4,11 +4,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inversescope.core.sites import parse_site
+
+
+def site_list(field: str, sites: list[str]) -> list[str]:
+    """Canonical site names: at least one, each once."""
+    if not sites:
+        raise ValueError(f"{field} is empty; name at least one site such as L0H0")
+    names = [parse_site(s).name for s in sites]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{field} names {dup} more than once; name each site once")
+    return names
 
 
 class StageConfig(BaseModel):
@@ -64,6 +75,17 @@ class TrainConfig(StageConfig):
     warmup: int = Field(100, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     eval_every: int = Field(250, gt=0, description="Steps between evaluations.")
+    checkpoint_every: int = Field(
+        100,
+        ge=0,
+        description="Steps between resumable checkpoints (model, optimiser, schedule, random "
+        "and data-order state) in the partial directory; a rerun of a killed stage continues "
+        "from the last one. 0: none. Changes no result, so it is in no cache key.",
+    )
+
+    def key(self) -> dict[str, Any]:
+        """What of the schedule a trained model depends on (not how often it is saved)."""
+        return self.model_dump(mode="json", exclude={"checkpoint_every"})
 
 
 class ModelSourceConfig(StageConfig):
@@ -144,13 +166,7 @@ class ExtractConfig(StageConfig):
     @field_validator("sites")
     @classmethod
     def _canonical_sites(cls, sites: list[str]) -> list[str]:
-        if not sites:
-            raise ValueError("extract.sites is empty; name at least one site such as L0H0")
-        names = [parse_site(s).name for s in sites]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"extract.sites names {dup} more than once")
-        return names
+        return site_list("extract.sites", sites)
 
 
 class KernelConfig(StageConfig):
@@ -160,14 +176,21 @@ class KernelConfig(StageConfig):
     kernel: Literal["gaussian", "hard"] = Field(
         "gaussian", description="gaussian: exp(-d^2 / 2 eps^2); hard: 1{d < eps}."
     )
-    epsilon: float = Field(0.1, description="Kernel radius ε (> 0).")
+    epsilon: float = Field(
+        0.1, description="Kernel radius ε, in (0, 2): cosine distance lies in [0, 2]."
+    )
     delta: float = Field(0.1, description="Allowed relative norm change δ, in (0, 1).")
 
     @field_validator("epsilon")
     @classmethod
     def _positive_epsilon(cls, v: float) -> float:
         if not v > 0:
-            raise ValueError(f"epsilon={v} must be > 0")
+            raise ValueError(f"epsilon={v} must be > 0; accepted: 0 < epsilon < 2")
+        if not v < 2:
+            raise ValueError(
+                f"epsilon={v}: cosine distance lies in [0, 2], so this radius accepts every "
+                "sample; accepted: 0 < epsilon < 2"
+            )
         return v
 
     @field_validator("delta")
@@ -294,7 +317,7 @@ class SampleConfig(StageConfig):
     @field_validator("sites")
     @classmethod
     def _canonical_sites(cls, sites: list[str] | None) -> list[str] | None:
-        return None if sites is None else [parse_site(s).name for s in sites]
+        return None if sites is None else site_list("sample.sites", sites)
 
 
 class LabelConfig(StageConfig):

@@ -6,10 +6,14 @@ The trainer takes an iterator of batches and an evaluator; it never sees a path 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -33,19 +37,62 @@ def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, 
     }
 
 
-def text_batches(
-    texts: list[str], tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless shuffled batches of ``<eos> text <eos>``; padding is masked out of the labels."""
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < batch_size:
-            fresh = list(range(len(texts)))
-            rng.shuffle(fresh)
-            order.extend(fresh)
-        idx, order = order[:batch_size], order[batch_size:]
-        yield lm_batch(tokenizer, [texts[i] for i in idx])
+class TextBatches:
+    """Endless shuffled batches of ``<eos> text <eos>``; padding is masked out of the labels.
+    Its data order (generator and pending indices) is checkpointable, so a resumed training
+    sees exactly the batches an uninterrupted one would."""
+
+    def __init__(
+        self, texts: list[str], tokenizer: PreTrainedTokenizerBase, batch_size: int, seed: int
+    ):
+        self.texts, self.tokenizer, self.batch_size = texts, tokenizer, batch_size
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        if len(self.order) < self.batch_size:
+            fresh = list(range(len(self.texts)))
+            self.rng.shuffle(fresh)
+            self.order.extend(fresh)
+        idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+        return lm_batch(self.tokenizer, [self.texts[i] for i in idx])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
+
+class CheckpointedBatches(Protocol):
+    """Batches whose position can be saved and restored (``TextBatches``, the controls' batches)."""
+
+    def __next__(self) -> dict[str, torch.Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -57,23 +104,46 @@ class TrainResult:
 
 def train_causal_lm(
     model: PreTrainedModel,
-    batches: Iterator[dict[str, torch.Tensor]],
+    batches: CheckpointedBatches,
     schedule: TrainConfig,
     evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
     should_stop: Callable[[dict[str, float]], bool] | None = None,
     stage: str = "train",
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """AdamW with linear warm-up on next-token cross-entropy; evaluates every ``eval_every``
-    steps and stops early once ``should_stop(metrics)`` holds."""
+    steps and stops early once ``should_stop(metrics)`` holds.
+
+    With ``checkpoint`` (a file in the stage's partial directory), every
+    ``schedule.checkpoint_every`` steps the whole training state (weights, optimiser, schedule,
+    every random generator, the batches' position, the curves so far) is written to it
+    atomically, and a call that finds it continues from there: the final weights equal an
+    uninterrupted run's. The caller deletes it once the model is saved."""
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     warm = max(schedule.warmup, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    progress = Progress(stage, schedule.steps, "steps")
     result = TrainResult(steps=0)
+    if checkpoint is not None and checkpoint.exists():
+        # our own file in our own partial directory: it holds numpy and Python generator states
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        batches.load_state_dict(state["batches"])
+        _set_rng_state(state["rng"])
+        result = TrainResult(state["step"], state["losses"], state["evals"])
+        log.info(
+            "%s: resuming from the checkpoint at step %d of %d (%s)",
+            stage,
+            result.steps,
+            schedule.steps,
+            checkpoint,
+        )
+    progress = Progress(stage, schedule.steps, "steps", start=result.steps)
     model.train()
-    for step in range(1, schedule.steps + 1):
+    for step in range(result.steps + 1, schedule.steps + 1):
         batch = {k: v.to(device) for k, v in next(batches).items()}
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
@@ -95,8 +165,29 @@ def train_causal_lm(
             if should_stop is not None and should_stop(metrics):
                 log.info("%s: stopping early at step %d", stage, step)
                 break
+        every = schedule.checkpoint_every
+        if checkpoint is not None and every and step % every == 0 and step < schedule.steps:
+            _save_checkpoint(checkpoint, model, opt, sched, batches, result)
     model.eval()
     return result
+
+
+def _save_checkpoint(path: Path, model, opt, sched, batches, result: TrainResult) -> None:
+    state = {
+        "step": result.steps,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "batches": batches.state_dict(),
+        "rng": _rng_state(),
+        "losses": result.losses,
+        "evals": result.evals,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    with tmp.open("rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint whole
 
 
 @torch.no_grad()

@@ -177,6 +177,14 @@ class NoiseSampler:
             cosine_kernel_u_sampler(n_dim, epsilon, kernel) if family == "kernel" else None
         )
 
+    def state_dict(self) -> dict:
+        """The generators' positions (a resumed training draws the noise it would have)."""
+        return {"numpy": self.rng.bit_generator.state, "torch": self.torch_gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        self.torch_gen.set_state(state["torch"])
+
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """Noise r with the shape, dtype and device of ``z`` (B, d)."""
         if self.family == "none":

@@ -40,6 +40,7 @@ REFERENCE = "reference.parquet"
 RESULTS = "results.parquet"
 FEATURE_CACHE = "features"
 LABELLER_CACHE = "labeller.sqlite"
+TRAIN_CHECKPOINT = "train-state.pt"
 
 
 def _root(artifact: Artifact | Path) -> Path:
@@ -57,6 +58,16 @@ def read_split(prior: Artifact | Path, split: str) -> pl.DataFrame:
 
 
 # --- models: target and backbone ----------------------------------------------------------
+def train_checkpoint(out: Path) -> Path:
+    """The resumable training state of a training stage (target, backbone, controls), kept in
+    its partial directory while it trains and removed before the commit."""
+    return out / TRAIN_CHECKPOINT
+
+
+def drop_train_checkpoint(out: Path) -> None:
+    train_checkpoint(out).unlink(missing_ok=True)
+
+
 def save_model(out: Path, model, tokenizer) -> None:
     model.save_pretrained(out / MODEL_DIR)
     tokenizer.save_pretrained(out / TOKENIZER_DIR)

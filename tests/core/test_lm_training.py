@@ -1,5 +1,6 @@
 """The target's accuracy check: whole answers compared by log-likelihood."""
 
+import pytest
 import torch
 
 from inversescope.core.lm_training import answer_accuracy, continuation_logprob
@@ -30,3 +31,80 @@ def test_accuracy_compares_whole_answers(tiny_gpt2, tiny_tokenizer):
     assert acc == 0.5  # exactly one of a pair and its mirror wins (no ties in a random model)
     same = answer_accuracy(tiny_gpt2, tiny_tokenizer, prompts[:1], [" Mary"], [" Mary"])
     assert same == 0.0  # a tie is not a success
+
+
+class Crash(RuntimeError):
+    """Stands in for a kill in the middle of training."""
+
+
+class CrashingBatches:
+    """Batches that raise after ``after`` of them, as a process killed there would stop."""
+
+    def __init__(self, inner, after: int):
+        self.inner, self.left = inner, after
+
+    def __next__(self):
+        if self.left == 0:
+            raise Crash
+        self.left -= 1
+        return next(self.inner)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state)
+
+
+def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog):
+    """Killed after step 7 with checkpoints every 3 steps, the rerun (a freshly initialised
+    model, fresh batches) continues from step 6 and ends with the weights, optimiser state and
+    losses of an uninterrupted run; dropout is on, so the random generators' state matters."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from inversescope.core.config import TrainConfig
+    from inversescope.core.lm_training import TextBatches, train_causal_lm
+    from inversescope.tasks import ioi
+
+    texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
+    schedule = TrainConfig(steps=10, batch_size=8, warmup=4, eval_every=5, checkpoint_every=3)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tiny_tokenizer))
+
+    def fresh(seed: int):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(cfg), TextBatches(texts, tiny_tokenizer, 8, seed=0)
+
+    def evaluate(m):
+        return {"w": float(m.lm_head.weight.detach().sum())}
+
+    model, batches = fresh(0)
+    torch.manual_seed(1)  # the generator state training starts from, in both runs
+    whole = train_causal_lm(model, batches, schedule, evaluate, checkpoint=tmp_path / "a.pt")
+    assert (tmp_path / "a.pt").exists()  # the caller drops it after saving the model
+
+    ckpt = tmp_path / "b.pt"
+    model_b, batches_b = fresh(0)
+    torch.manual_seed(1)
+    with pytest.raises(Crash):
+        train_causal_lm(model_b, CrashingBatches(batches_b, 7), schedule, evaluate, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=False)["step"] == 6
+    model_c, batches_c = fresh(123)  # other initial weights and generator state: all restored
+    with caplog.at_level("INFO"):
+        resumed = train_causal_lm(model_c, batches_c, schedule, evaluate, checkpoint=ckpt)
+    assert "resuming from the checkpoint at step 6 of 10" in caplog.text
+    assert resumed.losses == whole.losses and resumed.evals == whole.evals
+    a, c = model.state_dict(), model_c.state_dict()
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_text_batches_state_restores_the_order(tiny_tokenizer):
+    from inversescope.core.lm_training import TextBatches
+
+    texts = [f"text {i}" for i in range(13)]
+    a = TextBatches(texts, tiny_tokenizer, 5, seed=2)
+    for _ in range(4):  # past an epoch boundary
+        next(a)
+    b = TextBatches(texts, tiny_tokenizer, 5, seed=99)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):
+        assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])

@@ -3,6 +3,7 @@
 import hashlib
 import types
 
+import pytest
 import torch
 
 from inversescope.flows.config import load_run_config
@@ -43,3 +44,58 @@ def test_controls_trained_twice_are_bit_identical(small, tmp_path):
         states.append(torch.load(art.path / "controls.pt", weights_only=True)["state"])
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_killed_controls_resume_to_the_same_weights(small, tmp_path, monkeypatch, caplog):
+    """Controls training that dies at step 13 (checkpoints every 5 steps) resumes on the rerun
+    from step 10, and commits the weights of an uninterrupted training; the checkpoint is not
+    part of the artifact."""
+    import shutil
+
+    from inversescope.flows import stage_controls
+
+    run = load_run_config("ioi-tiny", [*small, "controls.train.steps=20"])
+    resumable = run.model_copy(
+        update={
+            "controls": run.controls.model_copy(
+                update={"train": run.controls.train.model_copy(update={"checkpoint_every": 5})}
+            )
+        }
+    )
+    keys = run_keys(run)
+    assert run_keys(resumable) == keys  # how often it checkpoints is in no key
+    a, b = tmp_path / "a", tmp_path / "b"
+    for name in ("prior", "target", "extract", "backbone", "controls"):
+        run_stage(name, run, a, keys)
+    for name in ("prior", "target", "extract", "backbone"):
+        shutil.copytree(a / name, b / name)
+
+    real_next = stage_controls.ActivationBatches.__next__
+    calls = {"train": 0}
+
+    def dying_next(self):
+        if self.split == "train":
+            calls["train"] += 1
+            if calls["train"] > 13:
+                raise KeyboardInterrupt  # as a kill would stop it: nothing after runs
+        return real_next(self)
+
+    monkeypatch.setattr(stage_controls.ActivationBatches, "__next__", dying_next)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage("controls", resumable, b, keys)
+    monkeypatch.setattr(stage_controls.ActivationBatches, "__next__", real_next)
+    store = ArtifactStore(b)
+    assert store.lookup("controls", keys["controls"]) is None
+    assert (store.partial_path("controls", keys["controls"]) / "train-state.pt").exists()
+    with caplog.at_level("INFO"):
+        run_stage("controls", resumable, b, keys)
+    assert "resuming from the checkpoint at step 10 of 20" in caplog.text
+    art = store.require("controls", keys["controls"])
+    assert not (art.path / "train-state.pt").exists()
+    want = torch.load(a / "controls" / keys["controls"] / "controls.pt", weights_only=True)
+    got = torch.load(art.path / "controls.pt", weights_only=True)
+    assert all(torch.equal(want["state"][k], got["state"][k]) for k in want["state"])
+    assert (
+        art.manifest["metrics"]["loss_curve"]
+        == ArtifactStore(a).require("controls", keys["controls"]).manifest["metrics"]["loss_curve"]
+    )
