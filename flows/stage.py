@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from inversescope.flows.faults import fault_point
+from inversescope.core.faults import fault_point
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
 
@@ -221,8 +221,10 @@ def run_stage(
             return StageResult(name, "cached", key, str(hit.path), round(timer.seconds, 3))
         partial = store.begin(name, key, resumable=mod.RESUMABLE)
         log.info("%s: building %s", name, store.path(name, key))
+        fault_point(name, "start")
         with seeded(mod, run.seed) as nondeterministic:
             metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
+        fault_point(name, "built")
         if getattr(mod, "SEEDED", False):
             metrics = {**metrics, "nondeterministic_ops": nondeterministic}
         seconds = round(timer.seconds, 3)
@@ -293,6 +295,7 @@ def commit_stage(
             return StageResult(name, "cached", key, str(hit.path), 0.0)
         partial = store.partial_path(name, key)
         metrics = mod.finish(StageContext(run, inputs, partial, key, store.workdir))
+        fault_point(name, "built")
         seconds = round(time.time() - started, 3)
         art = _commit(store, name, run, key, inputs, metrics, seconds)
     log.info("%s: shards committed in %.1f s -> %s", name, seconds, art.path)

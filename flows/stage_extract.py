@@ -196,6 +196,10 @@ def finish(ctx: StageContext) -> dict[str, Any]:
 
 def build(ctx: StageContext) -> dict[str, Any]:
     shard_list = plan(ctx, None)
+    total = sum(len(t) for t in _texts(ctx).values())
+    left = sum(s["stop"] - s["start"] for s in shard_list)
+    if left < total:
+        log.info("extract: resuming, %d of %d rows already written", total - left, total)
     if shard_list:
         _run_all(_load(ctx), ctx.out, shard_list, ctx.run.extract)
     return finish(ctx)

@@ -6,6 +6,8 @@ import logging
 import time
 from datetime import timedelta
 
+from inversescope.core.faults import fault_counter
+
 log = logging.getLogger(__name__)
 
 
@@ -27,6 +29,7 @@ class Progress:
 
     def update(self, n: int = 1, extra: str = "") -> None:
         self.done += n
+        fault_counter(self.stage.split("[")[0], self.unit, self.done)  # tests only: see faults
         now = time.perf_counter()
         if now - self._last >= self.every_s or self.done >= self.total:
             self._last = now

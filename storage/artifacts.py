@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from inversescope.core.faults import fault_point
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -109,6 +111,7 @@ class ArtifactStore:
         if final.exists():  # left by a run killed between rename and manifest
             shutil.rmtree(final)
         os.replace(partial, final)
+        fault_point(stage, "renamed")  # tests only: a crash between rename and manifest
         full = {
             "stage": stage,
             "key": key,
