@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from inversescope.flows.config import ConfigError, load_run_config
-from inversescope.flows.errors import StageError
+from inversescope.flows.errors import FeatureError, StageError
 
 
 def _configure_prefect_env() -> None:
@@ -53,9 +53,17 @@ def _add_config_args(parser: argparse.ArgumentParser, config_help: str) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line (the value and what is accepted), exit code 2, no usage
+    block: ``--help`` shows that."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inversescope", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="inversescope", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run the pipeline of a preset or YAML config")
     _add_config_args(run, "preset name (see `inversescope presets`) or YAML file")
     run.add_argument("--until", default=None, help="last stage to run")
@@ -387,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "gc":
             return _cmd_gc(args)
         return _cmd_run(args)
-    except ConfigError as e:
+    except (ConfigError, FeatureError) as e:  # the user's to fix: exit 2, one line, last
         print(f"inversescope: error: {e}", file=sys.stderr)
         return 2
     except StageError as e:  # after Prefect's log lines, the error is the last thing shown

@@ -292,6 +292,38 @@ def check_device(device: str) -> None:
             raise ConfigError(f"device={device!r}: this machine has CUDA devices 0..{count - 1}")
 
 
+PROBE_INPUTS = 8
+
+
+def probe_features(run: RunConfig, specs: dict) -> None:
+    """Call each of the user's features on a few prompts of the task's prior, before any stage
+    runs: one that fails on more than ``label.max_error_share`` of them (it raises, or returns
+    no label) fails the run now, not after hours of training. Samples are stranger than
+    prompts, so the label stage still checks every input."""
+    from inversescope.tasks import PriorOptions
+    from inversescope.tasks.features import apply_feature, describe_error
+
+    user = [spec for name, spec in sorted(specs.items()) if name in run.features]
+    if not user:
+        return
+    files = tuple(resolve_data_file(f) for f in run.prior.files)
+    try:
+        _, test = load_task(run.task).generate_prior(
+            0, PROBE_INPUTS, run.seed, PriorOptions(files=files, max_tokens=run.prior.max_tokens)
+        )
+    except ValueError:  # too few prompts: the prior stage says so with its own message
+        return
+    texts = [r["text"] for r in test]
+    for spec in user:
+        _, errors, first = apply_feature(spec.load(), texts)
+        if first is not None and errors / len(texts) > run.label.max_error_share:
+            shown = first[0] if len(first[0]) <= 40 else first[0][:37] + "..."
+            raise ConfigError(
+                f"feature {spec.name!r} ({spec.entry}) failed on {errors} of {len(texts)} prompts "
+                f"of the prior; first, on {shown!r}: {describe_error(first[1])}"
+            )
+
+
 def check_run(run: RunConfig) -> None:
     """Checks that need the target's shape but no weights: every site exists in the target."""
     check_device(run.device)
@@ -304,12 +336,13 @@ def check_run(run: RunConfig) -> None:
         files = [resolve_data_file(f) for f in run.prior.files]
         check_files = getattr(load_task(run.task), "check_files", None)
         if check_files is not None:
-            check_files(files)
+            check_files(files, run.prior.n_train + run.prior.n_test)
         elif files:
             raise ValueError(f"task {run.task} takes no prior.files, got {run.prior.files}")
         specs = resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    probe_features(run, specs)
     unknown = sorted(set(run.fcr.references) - set(specs))
     if unknown:
         raise ConfigError(

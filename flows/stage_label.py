@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from inversescope.flows.errors import StageError
+from inversescope.flows.errors import FeatureError
 from inversescope.storage import layout
 from inversescope.storage.keys import code_hash, file_fingerprint, source_fingerprint, stage_key
 from inversescope.storage.tables import write_parquet_atomic
@@ -26,7 +26,9 @@ from inversescope.tasks import resolve_data_file
 from inversescope.tasks.features import (
     FeatureContext,
     FeatureSpec,
+    apply_feature,
     canonical_label,
+    describe_error,
     resolve_features,
 )
 
@@ -126,31 +128,15 @@ def feature_context(ctx: StageContext) -> FeatureContext:
 def apply_batch_feature(spec: FeatureSpec, fn, texts: list[str], context) -> list[str | None]:
     try:
         values = fn(texts, context)
+        if len(values) != len(texts):
+            raise ValueError(f"returned {len(values)} labels for {len(texts)} inputs")
+        return [canonical_label(v) for v in values]
     except Exception as e:
-        raise StageError(
-            f"feature {spec.name!r} ({spec.entry}) raised; labels computed so far are kept:\n"
-            f"{traceback.format_exc()}"
+        log.error("label: feature %s failed:\n%s", spec.name, traceback.format_exc())
+        raise FeatureError(
+            f"feature {spec.name!r} ({spec.entry}) {describe_error(e)}; labels computed so far are "
+            "kept (traceback in the log above)"
         ) from e
-    if len(values) != len(texts):
-        raise StageError(
-            f"feature {spec.name!r} ({spec.entry}) returned {len(values)} labels for "
-            f"{len(texts)} inputs"
-        )
-    return [canonical_label(v) for v in values]
-
-
-def apply_feature(fn, texts: list[str]) -> tuple[list[str | None], int, str | None]:
-    """(labels, number of inputs that raised, first traceback)."""
-    labels: list[str | None] = []
-    errors, first = 0, None
-    for text in texts:
-        try:
-            labels.append(canonical_label(fn(text)))
-        except Exception:  # a user's function may raise anything: count it, keep going
-            errors += 1
-            first = first or traceback.format_exc()
-            labels.append(None)
-    return labels, errors, first
 
 
 def build(ctx: StageContext) -> dict[str, Any]:
@@ -184,19 +170,24 @@ def build(ctx: StageContext) -> dict[str, Any]:
             else:
                 values, errors, first = apply_feature(spec.load(), texts)
                 share = errors / len(texts) if texts else 0.0
-                if share > run.label.max_error_share:
-                    raise StageError(
-                        f"feature {name!r} ({spec.entry}) raised on {errors} of {len(texts)} "
-                        f"inputs ({share:.1%} > label.max_error_share="
-                        f"{run.label.max_error_share}); first error:\n{first}"
-                    )
                 if errors:
+                    assert first is not None
                     log.warning(
-                        "label: feature %s raised on %d of %d inputs; first error:\n%s",
+                        "label: feature %s failed on %d of %d inputs; first, on %r:\n%s",
                         name,
                         errors,
                         len(texts),
-                        first,
+                        first[0],
+                        first[2],
+                    )
+                if share > run.label.max_error_share:
+                    assert first is not None
+                    shown = first[0] if len(first[0]) <= 40 else first[0][:37] + "..."
+                    raise FeatureError(
+                        f"feature {name!r} ({spec.entry}) failed on {errors} of {len(texts)} "
+                        f"inputs ({share:.1%} > label.max_error_share="
+                        f"{run.label.max_error_share}); first, on {shown!r}: "
+                        f"{describe_error(first[1])}; labels computed so far are kept"
                     )
             labels = pl.DataFrame(
                 {"text": texts, "label": values, "errors": [errors] * len(texts)},

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import traceback
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,14 +108,56 @@ def resolve_features(
             raise ValueError(f"feature {name!r}: file {spec.module!r} does not exist")
         try:
             spec.load()
-        except (ImportError, SyntaxError, AttributeError) as e:
-            raise ValueError(f"feature {name!r}: cannot load {spec.entry} ({e})") from e
+        except ValueError:
+            raise
+        except Exception as e:  # the user's module may raise anything while it imports
+            raise ValueError(
+                f"feature {name!r}: cannot load {spec.entry} ({type(e).__name__}: {e})"
+            ) from e
         specs[name] = spec
     return specs
 
 
+LABEL_TYPES = "str, int, float, bool, a tuple of those, or None (undefined)"
+
+
 def canonical_label(value: object) -> str | None:
-    """A label as stored: None stays None, a string as is, anything else as sorted JSON."""
+    """A label as stored: None stays None, a string as is, any other hashable value as JSON.
+    A label names an equivalence class, so an unhashable value (a list, dict or set: usually a
+    feature that returns what it computed instead of a class) is an error."""
     if value is None or isinstance(value, str):
         return value
+    try:
+        hash(value)
+    except TypeError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise TypeError(
+            f"returned an unhashable {type(value).__name__} {shown}; accepted: {LABEL_TYPES}"
+        ) from None
     return json.dumps(value, sort_keys=True, default=repr)
+
+
+def describe_error(e: BaseException) -> str:
+    """``raised Kind: message`` (or the label check's own words), on one line."""
+    text = " ".join(str(e).split())
+    if isinstance(e, TypeError | ValueError) and text.startswith("returned "):
+        return text
+    return f"raised {type(e).__name__}: {text}" if text else f"raised {type(e).__name__}"
+
+
+def apply_feature(
+    fn, texts: list[str]
+) -> tuple[list[str | None], int, tuple[str, BaseException, str] | None]:
+    """(labels, number of inputs that raised or gave no label, the first of them as (input,
+    error, traceback))."""
+    labels: list[str | None] = []
+    errors, first = 0, None
+    for text in texts:
+        try:
+            labels.append(canonical_label(fn(text)))
+        except Exception as e:  # a user's function may raise anything: count it, keep going
+            errors += 1
+            first = first or (text, e, traceback.format_exc())
+            labels.append(None)
+    return labels, errors, first

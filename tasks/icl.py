@@ -61,8 +61,9 @@ def load_words(path: str | None = None) -> tuple[dict[str, str], ...]:
     return rows
 
 
-def check_files(paths: list[Path]) -> None:
-    """At most one word-list CSV, well-formed."""
+def check_files(paths: list[Path], needed: int | None = None) -> None:
+    """At most one word-list CSV, well-formed (prompts are drawn from combinations of its
+    rows, so any ``needed`` number of them can be made)."""
     if len(paths) > 1:
         raise ValueError(f"icl takes at most one word list in prior.files, got {len(paths)}")
     if paths:

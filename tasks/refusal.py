@@ -16,6 +16,7 @@ and ``method`` (why a harmful query is harmful and how it asks; ``None`` for har
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from pathlib import Path
@@ -52,12 +53,27 @@ def read_queries(path: Path) -> list[dict]:
     """Rows ``{text, harmful, source}`` of one CSV or JSONL query file. Raises ``ValueError``
     naming the file and line of a row without ``text`` or with a bad ``harmful``."""
     path = Path(path)
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "accepted: CSV or JSONL saved as UTF-8"
+        ) from None
     if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            raw = [(i + 2, r) for i, r in enumerate(csv.DictReader(f))]
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        raw = []
+        for i, r in enumerate(reader):
+            if None in r:  # more fields than the header names
+                raise ValueError(
+                    f"{path}:{reader.line_num}: {len(reader.fieldnames or []) + len(r[None])} "
+                    f"fields, but the header names {len(reader.fieldnames or [])} "
+                    f"({', '.join(reader.fieldnames or [])}); quote fields that hold commas"
+                )
+            raw.append((i + 2, r))
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
         raw = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for i, line in enumerate(content.splitlines()):
             if line.strip():
                 try:
                     raw.append((i + 1, json.loads(line)))
@@ -84,14 +100,20 @@ def read_queries(path: Path) -> list[dict]:
     return rows
 
 
-def check_files(paths: list[Path]) -> None:
+def check_files(paths: list[Path], needed: int | None = None) -> None:
+    """Every file reads, and (``needed``) together they hold at least that many distinct
+    queries."""
     if not paths:
         raise ValueError(
             "task refusal needs query files: prior.files=[queries.csv, ...] (CSV or JSONL with "
             "text, harmful, source), or data:refusal_toy.jsonl for the benign synthetic set"
         )
-    for p in paths:
-        read_queries(p)
+    texts = {row["text"] for p in paths for row in read_queries(p)}
+    if needed is not None and len(texts) < needed:
+        raise ValueError(
+            f"prior.n_train + prior.n_test = {needed}, but prior.files hold {len(texts)} distinct "
+            f"queries; accepted: at most {len(texts)} (lower n_train or n_test, or add queries)"
+        )
 
 
 def generate_prior(

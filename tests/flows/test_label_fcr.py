@@ -7,7 +7,7 @@ import pytest
 
 from inversescope.flows.cli import main
 from inversescope.flows.config import ConfigError, check_run, load_run_config
-from inversescope.flows.errors import StageError
+from inversescope.flows.errors import FeatureError
 from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage
 from inversescope.flows.stage_fcr import SCHEMA
 from inversescope.storage.artifacts import ArtifactStore
@@ -130,7 +130,7 @@ def test_feature_that_raises(workdir, small, tmp_path):
     for name in STAGE_ORDER[:-2]:
         run_stage(name, bad, workdir, keys)
     with pytest.raises(
-        StageError, match=r"feature 'broken'.*raised on .* first error:(?s:.*)KeyError"
+        FeatureError, match=r"^feature 'broken' .* failed on \d+ of \d+ inputs .*raised KeyError"
     ):
         run_stage("label", bad, workdir, keys)
     assert ArtifactStore(workdir).lookup("label", keys["label"]) is None

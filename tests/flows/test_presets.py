@@ -34,7 +34,13 @@ def tiny_like(name: str, folder):
 
 
 # Presets whose prior is the user's own files validate with the shipped benign toy file.
-USER_FILES = {"refusal-llama3-8b": ["prior.files=[data:refusal_toy.jsonl]", "prior.n_train=1000"]}
+USER_FILES = {
+    "refusal-llama3-8b": [
+        "prior.files=[data:refusal_toy.jsonl]",
+        "prior.n_train=1000",
+        "prior.n_test=200",
+    ]
+}
 
 
 @pytest.mark.parametrize("preset", preset_names())
