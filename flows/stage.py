@@ -14,7 +14,6 @@ import importlib
 import logging
 import os
 import random
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from inversescope.core.faults import fault_point
+from inversescope.core.threads import TORCH_STATE
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
 
@@ -122,25 +122,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-_GLOBAL_RNG = threading.Lock()
-
-
 @contextmanager
 def seeded(mod: Stage, seed: int) -> Iterator[list[str]]:
     """For a stage that draws from the global random generators (``SEEDED``: it initialises
     or trains a model): seed them, switch torch to its deterministic algorithms, and hold both
-    for the whole build. Stages run side by side in threads of one process (extract beside
-    backbone), and a reseed in the middle of another stage's initialisation would change its
-    weights. Yields a list that fills with the operations torch could not make deterministic
-    (none on CPU; the manifest records them). Other stages use their own generators and
-    neither seed nor wait."""
+    for the whole build (``core.threads.TORCH_STATE``). Stages run side by side in threads of
+    one process (extract beside backbone): a reseed, or a model load (transformers swaps
+    torch.nn.init for no-ops while it loads), in the middle of another stage's initialisation
+    would change its weights. Yields a list that fills with the operations torch could not make
+    deterministic (none on CPU; the manifest records them). Other stages use their own
+    generators and wait only while they load a model."""
     if not getattr(mod, "SEEDED", False):
         yield []
         return
     import torch  # deferred: computing keys must not import torch
 
     nondeterministic: list[str] = []
-    with _GLOBAL_RNG:
+    with TORCH_STATE:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
             seed_everything(seed)

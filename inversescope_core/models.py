@@ -17,6 +17,7 @@ from transformers import (
 
 from inversescope.core.config import TinyModelConfig
 from inversescope.core.sites import ModelDims
+from inversescope.core.threads import TORCH_STATE
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,10 @@ def load_model(
     """Load a causal LM in eval mode from a directory or a hub name (in ``dtype``, default
     float32)."""
     kwargs = {} if revision is None else {"revision": revision}
-    model = AutoModelForCausalLM.from_pretrained(
-        str(name_or_path), dtype=dtype or torch.float32, **kwargs
-    )
+    with TORCH_STATE:  # from_pretrained patches torch.nn.init process-wide while it builds
+        model = AutoModelForCausalLM.from_pretrained(
+            str(name_or_path), dtype=dtype or torch.float32, **kwargs
+        )
     return model.to(device).eval()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 
 from inversescope.core.config import TargetConfig
+from inversescope.core.threads import TORCH_STATE
 from inversescope.storage.artifacts import MANIFEST, Artifact, write_json_atomic
 from inversescope.storage.tables import write_parquet_atomic
 
@@ -163,7 +164,8 @@ def load_controls(controls: Artifact, backbone):
     from inversescope.core.methods import from_checkpoint
 
     ckpt = torch.load(controls.path / CONTROLS_CHECKPOINT, map_location="cpu", weights_only=True)
-    return from_checkpoint(ckpt, backbone)
+    with TORCH_STATE:  # builds modules (torch.nn.init): not beside a model load elsewhere
+        return from_checkpoint(ckpt, backbone)
 
 
 # --- samples ------------------------------------------------------------------------------
