@@ -23,7 +23,10 @@ from pathlib import Path
 import polars as pl
 from _common import write_result
 
-DEFAULT_PAIRS = {"ioi": ("subject", "object"), "icl": ("task", "input")}
+# ICL: the rule-based task (the labeller-based ``task`` needs a labeller that can read the
+# demonstrations; icl-tiny's is its own 4-layer target, which names one translation for every
+# text, so its ``task`` is constant and its FCR says nothing)
+DEFAULT_PAIRS = {"ioi": ("subject", "object"), "icl": ("task_rule", "input")}
 
 
 def newest_result(workdir: Path, preset: str, seed: int) -> tuple[Path, dict]:
@@ -54,9 +57,14 @@ def per_layer(results: pl.DataFrame, feature: str) -> list[dict]:
     ]
 
 
+def _defined(r: dict) -> float:
+    """FCR for ranking layers; NaN (no sample of the layer had the feature defined) ranks last."""
+    return r["fcr"] if r["fcr"] == r["fcr"] else float("-inf")
+
+
 def ordering(curve_a: list[dict], curve_b: list[dict]) -> dict:
-    peak_a = max(curve_a, key=lambda r: r["fcr"])
-    peak_b = max(curve_b, key=lambda r: r["fcr"])
+    peak_a = max(curve_a, key=_defined)
+    peak_b = max(curve_b, key=_defined)
     b_at_a = next(r for r in curve_b if r["layer"] == peak_a["layer"])
     a_at_b = next(r for r in curve_a if r["layer"] == peak_b["layer"])
     return {
