@@ -301,7 +301,7 @@ def probe_features(run: RunConfig, specs: dict) -> None:
     no label) fails the run now, not after hours of training. Samples are stranger than
     prompts, so the label stage still checks every input."""
     from inversescope.tasks import PriorOptions
-    from inversescope.tasks.features import apply_feature, describe_error
+    from inversescope.tasks.features import apply_feature, first_failure
 
     user = [spec for name, spec in sorted(specs.items()) if name in run.features]
     if not user:
@@ -317,10 +317,9 @@ def probe_features(run: RunConfig, specs: dict) -> None:
     for spec in user:
         _, errors, first = apply_feature(spec.load(), texts)
         if first is not None and errors / len(texts) > run.label.max_error_share:
-            shown = first[0] if len(first[0]) <= 40 else first[0][:37] + "..."
             raise ConfigError(
                 f"feature {spec.name!r} ({spec.entry}) failed on {errors} of {len(texts)} prompts "
-                f"of the prior; first, on {shown!r}: {describe_error(first[1])}"
+                f"of the prior; {first_failure(first)}"
             )
 
 

@@ -29,6 +29,7 @@ from inversescope.tasks.features import (
     apply_feature,
     canonical_label,
     describe_error,
+    first_failure,
     resolve_features,
 )
 
@@ -182,12 +183,11 @@ def build(ctx: StageContext) -> dict[str, Any]:
                     )
                 if share > run.label.max_error_share:
                     assert first is not None
-                    shown = first[0] if len(first[0]) <= 40 else first[0][:37] + "..."
                     raise FeatureError(
                         f"feature {name!r} ({spec.entry}) failed on {errors} of {len(texts)} "
                         f"inputs ({share:.1%} > label.max_error_share="
-                        f"{run.label.max_error_share}); first, on {shown!r}: "
-                        f"{describe_error(first[1])}; labels computed so far are kept"
+                        f"{run.label.max_error_share}); {first_failure(first)}; labels computed "
+                        "so far are kept"
                     )
             labels = pl.DataFrame(
                 {"text": texts, "label": values, "errors": [errors] * len(texts)},

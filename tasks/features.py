@@ -130,12 +130,21 @@ def canonical_label(value: object) -> str | None:
     try:
         hash(value)
     except TypeError:
-        shown = repr(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise TypeError(
-            f"returned an unhashable {type(value).__name__} {shown}; accepted: {LABEL_TYPES}"
+            f"returned an unhashable {type(value).__name__} {shorten(repr(value))}; "
+            f"accepted: {LABEL_TYPES}"
         ) from None
     return json.dumps(value, sort_keys=True, default=repr)
+
+
+def shorten(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters for a one-line message."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def first_failure(first: tuple[str, BaseException, str]) -> str:
+    """``first, on 'input...': raised Kind: message`` of ``apply_feature``'s first failure."""
+    return f"first, on {shorten(first[0])!r}: {describe_error(first[1])}"
 
 
 def describe_error(e: BaseException) -> str:
