@@ -128,7 +128,7 @@ def train_causal_lm(
     if checkpoint is not None and checkpoint.exists():
         # our own file in our own partial directory: it holds numpy and Python generator states
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        _load_trainable(model, state["model"])
+        _load_trainable(model, state["model"], checkpoint)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         batches.load_state_dict(state["batches"])
@@ -175,14 +175,14 @@ def train_causal_lm(
 def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights training changes: the frozen rest (a LoRA base, a frozen backbone: gigabytes
     at paper scale) is rebuilt as it was from the stage's inputs."""
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:
         raise RuntimeError(
-            f"training checkpoint does not fit the model: {len(set(state) ^ trainable)} "
+            f"training checkpoint {path} does not fit the model: {len(set(state) ^ trainable)} "
             "trainable weights differ; delete it to start over"
         )
     with torch.no_grad():

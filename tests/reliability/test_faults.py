@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -89,9 +90,21 @@ def _run(workdir: Path, preset: str, overrides: list[str], fault: str | None = N
     for o in overrides:
         argv += ["--set", o]
     # a process group of its own: the fault kills the run and its Prefect server, not pytest
-    return subprocess.run(
-        argv, env=env, capture_output=True, text=True, timeout=600, start_new_session=True
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
+    try:
+        out, err = proc.communicate(timeout=600)
+    except BaseException:  # a hung run, or pytest interrupted: leave no server behind
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
