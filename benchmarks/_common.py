@@ -52,3 +52,36 @@ def generate_baseline(
         )
 
     return run
+
+
+def keys_with_upstream(run, names: tuple[str, ...], upstream, workdir) -> dict[str, str]:
+    """``run_keys(run, names)``, except that each stage before ``controls`` whose config and
+    inputs match a committed artifact in the workdir ``upstream`` (built by another checkout, so
+    under another code key) takes that artifact's key, the artifact copied into ``workdir``.
+    Stages without a match keep this checkout's key and are built as usual."""
+    import shutil  # deferred with the project imports: the timing helpers need none
+
+    from inversescope.flows.stage import run_keys, stage_module
+    from inversescope.storage.artifacts import ArtifactStore
+    from inversescope.storage.keys import canonical_json
+
+    found: dict[str, str] = {}
+    other = ArtifactStore(upstream)
+    for name in ("prior", "target", "extract", "backbone"):
+        if name not in run_keys(run, names):
+            continue
+        mod = stage_module(name)
+        want = canonical_json(mod.config_of(run))
+        inputs = {inp: run_keys(run, (inp,), found)[inp] for inp in mod.INPUTS}
+        for art_dir in sorted((Path(upstream) / name).glob("[!.]*")):
+            art = other.lookup(name, art_dir.name)
+            if art is None or canonical_json(art.manifest["config"]) != want:
+                continue
+            if art.manifest["inputs"] != inputs:
+                continue
+            found[name] = art.key
+            dest = Path(workdir) / name / art.key
+            if not dest.exists():
+                shutil.copytree(art.path, dest)
+            break
+    return run_keys(run, names, found)

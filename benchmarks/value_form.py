@@ -8,10 +8,11 @@
 The keys of every run are computed once at the start (``run_keys``), so source edited while
 the benchmark runs cannot split it across two keys; the stages before ``controls`` are shared
 by both forms. ``--upstream`` reuses the prior, target, extract and backbone artifacts of
-another workdir whose manifests record exactly this run's configs for those stages (built by
-another checkout, so their code keys differ): they are copied under their own keys and the
-controls and sample keys are derived from them. Writes, per form: mean, median and worst-site
-refusal rate, the controls stage's wall time, its held-out loss and its trainable parameters.
+another workdir whose manifests record exactly this run's configs and inputs for those stages
+(built by another checkout, so their code keys differ): they are copied under their own keys and
+the controls and sample keys are derived from them (``_common.keys_with_upstream``). Writes,
+per form: mean, median and worst-site refusal rate, the controls stage's wall time, its
+held-out loss and its trainable parameters.
 The stage times of the two forms run one after the other, so load from other processes falls
 on them unevenly; ``step_timing`` therefore also times training steps of both forms on the same
 backbone, interleaved (rounds of ``--timing-steps`` steps, form after form), and keeps each
@@ -23,49 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import keys_with_upstream, write_result
 
 from inversescope.flows.config import RunConfig, load_run_config
-from inversescope.flows.stage import run_keys, run_stage, stage_module
+from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
-from inversescope.storage.keys import canonical_json, code_hash, stage_key
 
 UNTIL = ("prior", "target", "extract", "backbone", "controls", "sample")
 UPSTREAM = UNTIL[:4]
-
-
-def reuse_upstream(run, keys: dict[str, str], other: Path, workdir: Path) -> dict[str, str]:
-    """Keys with the stages before ``controls`` taken from ``other`` (copied into ``workdir``)
-    where a committed artifact there records the same config and inputs; later keys rederived."""
-    keys = dict(keys)
-    for name in UPSTREAM:
-        mod = stage_module(name)
-        want = canonical_json(mod.config_of(run))
-        inputs = {inp: keys[inp] for inp in mod.INPUTS}
-        for art_dir in sorted((other / name).glob("[!.]*")):
-            art = ArtifactStore(other).lookup(name, art_dir.name)
-            if art is None or canonical_json(art.manifest["config"]) != want:
-                continue
-            if art.manifest["inputs"] != inputs:
-                continue
-            keys[name] = art.key
-            dest = workdir / name / art.key
-            if not dest.exists():
-                shutil.copytree(art.path, dest)
-            break
-        else:
-            raise SystemExit(f"--upstream {other}: no {name} artifact with this run's config")
-    for name in UNTIL[4:]:
-        mod = stage_module(name)
-        code = code_hash((mod.__name__,))
-        inputs = {inp: keys[inp] for inp in mod.INPUTS}
-        keys[name] = stage_key(name, mod.config_of(run), inputs, code)
-    return keys
 
 
 def step_timing(run: RunConfig, store: ArtifactStore, keys: dict, forms: list, steps: int) -> dict:
@@ -134,12 +104,13 @@ def main() -> None:
         result["step_timing"] = step_timing(runs[forms[0]], store, up, forms, args.timing_steps)
         write_result(result, args.out)
         return
-    keys = {f: run_keys(r, UNTIL) for f, r in runs.items()}  # one snapshot, before any work
+    # one snapshot, before any work
     if args.upstream:
         keys = {
-            f: reuse_upstream(runs[f], k, Path(args.upstream), Path(args.workdir))
-            for f, k in keys.items()
+            f: keys_with_upstream(r, UNTIL, args.upstream, args.workdir) for f, r in runs.items()
         }
+    else:
+        keys = {f: run_keys(r, UNTIL) for f, r in runs.items()}
     result: dict = {
         "preset": args.preset,
         "overrides": args.overrides,

@@ -157,11 +157,15 @@ def seeded(mod: Stage, seed: int) -> Iterator[list[str]]:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
-def run_keys(run: RunConfig, names: tuple[str, ...] = STAGE_ORDER) -> dict[str, str]:
+def run_keys(
+    run: RunConfig, names: tuple[str, ...] = STAGE_ORDER, fixed: dict[str, str] | None = None
+) -> dict[str, str]:
     """Keys of ``names`` and of everything they read, each computed once. A key hashes the
     stage's config, its inputs' keys and its source closure. A flow takes this snapshot at its
-    start, so source edited while it runs cannot split one run across two keys."""
-    keys: dict[str, str] = {}
+    start, so source edited while it runs cannot split one run across two keys. ``fixed``
+    gives some stages' keys outright (artifacts built by another checkout, reused by a
+    benchmark); the stages that read them derive their keys from those."""
+    keys: dict[str, str] = dict(fixed or {})
 
     def key(name: str) -> str:
         if name not in keys:

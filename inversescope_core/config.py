@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -67,12 +68,20 @@ class TinyModelConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    """An optimisation schedule (AdamW with linear warm-up, then constant)."""
+    """An optimisation schedule (AdamW with linear warm-up, then constant or cosine decay)."""
 
     steps: int = Field(1500, gt=0, description="Optimiser steps at most.")
     batch_size: int = Field(64, gt=0, description="Sequences per step.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     warmup: int = Field(100, ge=0, description="Linear warm-up steps.")
+    decay: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="After warm-up: constant, or cosine decay to min_lr_ratio of the peak at "
+        "the last step.",
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final learning rate / peak (decay: cosine)."
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     eval_every: int = Field(250, gt=0, description="Steps between evaluations.")
     checkpoint_every: int = Field(
@@ -85,7 +94,19 @@ class TrainConfig(StageConfig):
 
     def key(self) -> dict[str, Any]:
         """What of the schedule a trained model depends on (not how often it is saved)."""
-        return self.model_dump(mode="json", exclude={"checkpoint_every"})
+        out = self.model_dump(mode="json", exclude={"checkpoint_every"})
+        if self.decay == "constant":  # as before the option existed: those keys stay valid
+            out.pop("decay"), out.pop("min_lr_ratio")
+        return out
+
+    def lr_factor(self, step: int) -> float:
+        """Learning rate / peak after ``step`` optimiser steps (0-based, as LambdaLR counts)."""
+        warm = max(self.warmup, 1)
+        if step + 1 < warm or self.decay == "constant":
+            return min(1.0, (step + 1) / warm)
+        span = max(self.steps - warm, 1)
+        done = min(max(step + 1 - warm, 0) / span, 1.0)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 class ModelSourceConfig(StageConfig):
@@ -248,6 +269,23 @@ class GeneratorConfig(StageConfig):
     )
     lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone=lora).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
+    control_blocks: list[int] | None = Field(
+        None,
+        description="Backbone blocks that get a control layer (0-based; negative counts from "
+        "the last); None: every block, the paper's design.",
+    )
+    log_norm: bool = Field(
+        False,
+        description="Also condition on log ||z|| (a learned per-site direction scaled by it, "
+        "zero at init, added to the encoded direction); cosine acceptance ignores the norm.",
+    )
+
+    @field_validator("control_blocks")
+    @classmethod
+    def _blocks(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"control_blocks={v}: give distinct block indices, or null for all")
+        return v
 
 
 class InversionViewConfig(StageConfig):

@@ -1,10 +1,12 @@
 """The conditional generator: a frozen decoder-only backbone plus trainable site encoders and one
-control layer per backbone block.
+control layer per backbone block (or per chosen block: ``control_blocks``).
 
 Condition (see ``core.conditioning``): the direction of z at unit RMS, ``u = z / ||z|| sqrt(d)``.
 Site encoder (one per site): ``e = LN(E_s u)``, a (d_site -> d_site) linear map, Kaiming init,
 then a layer norm (the paper's formulas omit its layer norms: they go where a transformer puts
-them, on the encoded condition and before the control layer's query).
+them, on the encoded condition and before the control layer's query). With ``log_norm``,
+``e = LN(E_s u + log||z|| a_s)``, a_s a learned per-site vector starting at zero: the norm is
+information that cosine acceptance ignores, so whether it helps is measured (benchmarks/).
 Control layer (one per block), H heads with queries and keys of size d_head, for hidden states
 h_i of that block:
 
@@ -109,6 +111,8 @@ class ConditionalGenerator(nn.Module):
         backbone_mode: str = "frozen",
         lora_rank: int = 8,
         value_form: str = "per_head",
+        control_blocks: list[int] | None = None,
+        log_norm: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -117,13 +121,18 @@ class ConditionalGenerator(nn.Module):
         self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
         for i in range(len(sites)):
             nn.init.kaiming_uniform_(self.encoders.data[i], a=math.sqrt(5))
+        # log ||z|| enters along a learned per-site direction, zero at init (S, d)
+        self.norm_directions = nn.Parameter(torch.zeros(len(sites), d_site)) if log_norm else None
         self.cond_norm = nn.LayerNorm(d_site)  # on the encoded condition
         blocks = architecture_of(backbone.config).blocks(backbone)
+        self.blocks = self._block_indices(control_blocks, len(blocks))
         self.controls = nn.ModuleList(
-            ControlLayer(d_model, d_site, n_heads, d_head, value_form) for _ in range(len(blocks))
+            ControlLayer(d_model, d_site, n_heads, d_head, value_form) for _ in self.blocks
         )
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._hooks = [blk.register_forward_hook(self._hook(i)) for i, blk in enumerate(blocks)]
+        self._hooks = [
+            blocks[b].register_forward_hook(self._hook(i)) for i, b in enumerate(self.blocks)
+        ]
         if backbone_mode not in ("frozen", "lora", "full"):
             raise ValueError(f"backbone_mode={backbone_mode!r}; accepted: frozen, lora, full")
         backbone.requires_grad_(backbone_mode == "full")
@@ -134,6 +143,22 @@ class ConditionalGenerator(nn.Module):
             # LoRA adapters (peft's default target modules for the architecture) train; the
             # backbone's own weights stay frozen.
             inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank), backbone)
+
+    @staticmethod
+    def _block_indices(control_blocks: list[int] | None, n_blocks: int) -> list[int]:
+        """The blocks with a control layer, ascending (negative indices count from the end)."""
+        if control_blocks is None:
+            return list(range(n_blocks))
+        bad = [b for b in control_blocks if not -n_blocks <= b < n_blocks]
+        if bad:
+            raise ValueError(
+                f"control_blocks={control_blocks}: block {bad[0]} is not in the backbone's "
+                f"{n_blocks} blocks (0 to {n_blocks - 1}, or -{n_blocks} to -1)"
+            )
+        resolved = sorted({b % n_blocks for b in control_blocks})
+        if len(resolved) != len(control_blocks):
+            raise ValueError(f"control_blocks={control_blocks}: names one block twice")
+        return resolved
 
     def _hook(self, layer: int):
         def add_control(module, args, output):
@@ -148,9 +173,12 @@ class ConditionalGenerator(nn.Module):
 
     def encode(self, z: torch.Tensor, site_idx: torch.Tensor) -> torch.Tensor:
         """Site-specific encoding of z's direction (B, d) -> (B, d), layer-normed."""
-        u = direction(z)  # (B, d), unit RMS: the norm of z never reaches the generator
+        u = direction(z)  # (B, d), unit RMS
         # (B, d) x (B, d_out, d_in)^T -> (B, d_out): row b through its site's encoder
         e = torch.einsum("bd,bde->be", u, self.encoders[site_idx].transpose(1, 2))
+        if self.norm_directions is not None:  # log ||z|| (B, 1) along its site's direction
+            log_norm = z.norm(dim=-1, keepdim=True).clamp_min(1e-12).log()
+            e = e + log_norm * self.norm_directions[site_idx]  # (B, 1) * (B, d)
         return self.cond_norm(e)
 
     def condition(self, z: torch.Tensor | None, site_idx: torch.Tensor | None = None) -> None:

@@ -111,8 +111,8 @@ def train_causal_lm(
     stage: str = "train",
     checkpoint: Path | None = None,
 ) -> TrainResult:
-    """AdamW with linear warm-up on next-token cross-entropy; evaluates every ``eval_every``
-    steps and stops early once ``should_stop(metrics)`` holds.
+    """AdamW with linear warm-up (then ``schedule.decay``) on next-token cross-entropy;
+    evaluates every ``eval_every`` steps and stops early once ``should_stop(metrics)`` holds.
 
     With ``checkpoint`` (a file in the stage's partial directory), every
     ``schedule.checkpoint_every`` steps the whole training state (weights, optimiser, schedule,
@@ -122,8 +122,7 @@ def train_causal_lm(
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    warm = max(schedule.warmup, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
     result = TrainResult(steps=0)
     if checkpoint is not None and checkpoint.exists():
         # our own file in our own partial directory: it holds numpy and Python generator states

@@ -104,6 +104,8 @@ class InverseScopeMethod(SamplingMethod):
             backbone_mode=g.backbone,
             lora_rank=g.lora_rank,
             value_form=g.value_form,
+            control_blocks=g.control_blocks,
+            log_norm=g.log_norm,
         )
 
     def training_noise(self, kernel, d_site, seed):

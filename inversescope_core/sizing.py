@@ -228,7 +228,11 @@ def size_run(
         sizes.memory[f"sample[{name}]"] = {
             "generator": 4 * parameter_count(model),
             "kv_cache": kv,
-            "control_values": 4 * b * b_shape.n_layer * heads[0] * b_shape.d_model,
+            "control_values": 4
+            * b
+            * len(getattr(model, "blocks", ()))
+            * heads[0]
+            * b_shape.d_model,
             "logits": 4 * 2 * b * b_shape.vocab,
             **read,
         }

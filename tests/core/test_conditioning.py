@@ -72,3 +72,37 @@ def test_output_uses_z_after_one_step(method, make_backbone):
     a = _logits(model, z[:2], probe)
     b = _logits(model, z[[1, 0]], probe)  # the same texts under each other's activation
     assert (a - b).abs().max() > 1e-4
+
+
+def _generator(backbone, **generator):
+    cfg = ControlsConfig.model_validate({"generator": {"n_heads": 2, "d_head": 8, **generator}})
+    return method_for(cfg).build(backbone, ["L0H0", "L1H1"], D)
+
+
+def test_control_blocks_choose_where_the_control_layers_go(make_backbone):
+    backbone = make_backbone()
+    n = len(_generator(copy.deepcopy(backbone)).controls)
+    model = _generator(copy.deepcopy(backbone), control_blocks=[-1])
+    assert model.blocks == [n - 1] and len(model.controls) == 1
+    with torch.no_grad():  # a non-zero value, so the one control layer acts
+        for p in model.controls.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    z, ids = torch.randn(2, D), torch.randint(0, 20, (2, 6))
+    assert (_logits(model, z, ids) - _logits(model, z[[1, 0]], ids)).abs().max() > 1e-4
+    for bad in ([n], [0, -n]):
+        with pytest.raises(ValueError, match="control_blocks"):
+            _generator(copy.deepcopy(backbone), control_blocks=bad)
+
+
+def test_log_norm_reads_the_norm_only_when_asked(make_backbone):
+    torch.manual_seed(0)
+    model = _generator(make_backbone(), log_norm=True).eval()
+    z, ids = torch.randn(2, D), torch.randint(0, 20, (2, 6))
+    with torch.no_grad():  # everything away from init except the norm's directions (zero)
+        for name, p in model.named_parameters():
+            if name != "norm_directions":
+                p.add_(0.05 * torch.randn_like(p))
+    torch.testing.assert_close(_logits(model, 3.0 * z, ids), _logits(model, z, ids))
+    with torch.no_grad():
+        model.norm_directions.normal_()
+    assert (_logits(model, 3.0 * z, ids) - _logits(model, z, ids)).abs().max() > 1e-4

@@ -108,3 +108,18 @@ def test_text_batches_state_restores_the_order(tiny_tokenizer):
     b.load_state_dict(a.state_dict())
     for _ in range(6):
         assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])
+
+
+def test_cosine_decay_warms_up_then_falls_to_its_floor():
+    from inversescope.core.config import TrainConfig
+
+    constant = TrainConfig(steps=100, warmup=10)
+    cosine = constant.model_copy(update={"decay": "cosine", "min_lr_ratio": 0.1})
+    for s in range(9):  # the same warm-up
+        assert cosine.lr_factor(s) == constant.lr_factor(s) == (s + 1) / 10
+    assert cosine.lr_factor(9) == 1.0 and constant.lr_factor(99) == 1.0
+    falling = [cosine.lr_factor(s) for s in range(9, 100)]
+    assert all(a > b for a, b in zip(falling, falling[1:], strict=False))
+    assert abs(cosine.lr_factor(99) - 0.1) < 1e-12
+    # constant schedules keep the keys they had before the option existed; cosine changes them
+    assert "decay" not in constant.key() and cosine.key()["decay"] == "cosine"
