@@ -8,6 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def rate_summary(rates: dict[str, float]) -> dict:
+    """Mean, median and worst site of per-site refusal rates, and the rates themselves."""
+    import statistics  # deferred with the rest: the timing helpers need none
+
+    worst = max(rates, key=rates.get)
+    return {
+        "mean": statistics.fmean(rates.values()),
+        "median": statistics.median(rates.values()),
+        "worst": rates[worst],
+        "worst_site": worst,
+        "per_site": rates,
+    }
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """Fastest of ``repeats`` wall-clock timings of ``fn()`` (seconds)."""
     best = float("inf")

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
+
+from _common import rate_summary
 
 from inversescope.flows import plots
 from inversescope.flows.config import load_run_config
@@ -46,14 +47,8 @@ def sample_run(preset: str, overrides: list[str], workdir: str) -> dict:
 
 
 def summary(metrics: dict) -> dict:
-    rates = metrics["refusal_rate_per_site"]
-    worst_site = max(rates, key=rates.get)
     return {
-        "mean": statistics.fmean(rates.values()),
-        "median": statistics.median(rates.values()),
-        "worst": rates[worst_site],
-        "worst_site": worst_site,
-        "per_site": rates,
+        **rate_summary(metrics["refusal_rate_per_site"]),
         "n_samples": metrics["n_samples"],
         "stage_seconds": metrics["stage_seconds"],
     }

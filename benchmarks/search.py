@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
-from _common import keys_with_upstream
+from _common import keys_with_upstream, rate_summary
 
 from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
@@ -49,14 +48,9 @@ def point(store: ArtifactStore, run, keys: dict[str, str], workdir: str) -> dict
     status = {n: run_stage(n, run, workdir, keys).status for n in UNTIL}
     controls = store.require("controls", keys["controls"]).manifest
     rates = store.require("sample", keys["sample"]).manifest["metrics"]["refusal_rate_per_site"]
-    worst = max(rates, key=rates.get)
     metrics = controls["metrics"]
     return {
-        "mean": statistics.fmean(rates.values()),
-        "median": statistics.median(rates.values()),
-        "worst": rates[worst],
-        "worst_site": worst,
-        "per_site": rates,
+        **rate_summary(rates),
         "held_out_loss": metrics.get("held_out_loss"),
         "evals": metrics.get("evals"),
         "stage_seconds": {n: store.require(n, keys[n]).manifest["seconds"] for n in UNTIL},

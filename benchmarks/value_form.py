@@ -24,11 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import time
 from pathlib import Path
 
-from _common import keys_with_upstream, write_result
+from _common import keys_with_upstream, rate_summary, write_result
 
 from inversescope.flows.config import RunConfig, load_run_config
 from inversescope.flows.stage import run_keys, run_stage
@@ -123,13 +122,8 @@ def main() -> None:
         controls = store.require("controls", keys[f]["controls"]).manifest
         sample = store.require("sample", keys[f]["sample"]).manifest["metrics"]
         rates = sample["refusal_rate_per_site"]
-        worst = max(rates, key=rates.get)
         result["forms"][f] = {
-            "mean": statistics.fmean(rates.values()),
-            "median": statistics.median(rates.values()),
-            "worst": rates[worst],
-            "worst_site": worst,
-            "per_site": rates,
+            **rate_summary(rates),
             "controls_seconds": controls["seconds"],
             "controls_steps": controls["metrics"]["steps"],
             "held_out_loss": controls["metrics"]["held_out_loss"],

@@ -33,7 +33,9 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     t = run.target
     if t.source != "train":
         return source_fingerprint(t)
-    cfg = t.model_dump(mode="json", exclude={"name", "revision", "path"})
+    # train_prompts unset: the key it had before the option existed
+    unset = {"train_prompts"} if t.train_prompts is None else set()
+    cfg = t.model_dump(mode="json", exclude={"name", "revision", "path", *unset})
     return {"seed": run.seed, **cfg, "train": t.train.key()}
 
 
@@ -60,6 +62,8 @@ def _train(run: RunConfig, prior: Artifact, ctx: StageContext) -> dict[str, Any]
     t = run.target
     task = load_task(run.task)
     train = layout.read_split(prior, "train")
+    if t.train_prompts is not None:
+        train = train.head(t.train_prompts)  # the prior's first N prompts, in its order
     test = layout.read_split(prior, "test")
     n_val = min(VAL_ROWS, len(train) // 10)
     fit, val = train[n_val:], train[:n_val]

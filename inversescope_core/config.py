@@ -173,6 +173,15 @@ class TargetConfig(TrainableModelConfig):
     min_accuracy: float = Field(
         0.9, ge=0, le=1, description="Fail the stage if test accuracy ends below this."
     )
+    train_prompts: int | None = Field(
+        None,
+        gt=0,
+        description="Train on the first this many prompts of the prior's train split (None: "
+        "all). The prior feeds the generators too, which need far more prompts than the "
+        "target needs to learn its task; trained on the first N prompts of a larger prior of "
+        "the same seed (and query files), the target equals the one a prior of N prompts "
+        "gives.",
+    )
 
 
 class ExtractConfig(StageConfig):
