@@ -3,7 +3,7 @@ each with its learning curve, on the same sites, test examples, samples and ε.
 
     python benchmarks/search.py [--preset ioi-tiny] [--workdir runs] [--set k=v ...]
         --arm NAME=k=v;k=v ... [--steps 1500,3000] [--methods inversescope,inversionview]
-        [--upstream OTHER_WORKDIR] [--out benchmarks/out/search.json]
+        [--upstream OTHER_WORKDIR] [--fcr] [--out benchmarks/out/search.json]
 
 Every arm runs the stages up to ``sample`` with the preset, the common ``--set`` overrides, its
 own overrides (``;``-separated; an arm with none, ``NAME=``, is the preset itself), one method
@@ -15,7 +15,8 @@ one of those stages (``prior.n_train``) builds its own. The keys of every arm ar
 the start, so source edited while the search runs cannot split it across two keys. Results
 are written after every point, per arm, method and step count: mean, median and worst-site
 refusal rate, per-site rates, the controls' held-out loss (final and per eval) and the stage
-times.
+times. ``--fcr`` also runs ``label`` and ``fcr`` on each point's samples, so that
+``fcr_orderings.py`` can read the FCR of the arm's artifacts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
 
 UNTIL = ("prior", "target", "extract", "backbone", "controls", "sample")
+WITH_FCR = (*UNTIL, "label", "fcr")
 
 
 def parse_arm(spec: str) -> tuple[str, list[str]]:
@@ -43,9 +45,10 @@ def parse_arm(spec: str) -> tuple[str, list[str]]:
 
 
 def point(store: ArtifactStore, run, keys: dict[str, str], workdir: str) -> dict:
-    """Run the stages up to ``sample`` under ``keys``; the refusal rates and training figures."""
+    """Run the stages under ``keys`` (up to ``sample``, or ``fcr`` where ``keys`` has it); the
+    refusal rates and training figures."""
     t0 = time.perf_counter()
-    status = {n: run_stage(n, run, workdir, keys).status for n in UNTIL}
+    status = {n: run_stage(n, run, workdir, keys).status for n in WITH_FCR if n in keys}
     controls = store.require("controls", keys["controls"]).manifest
     rates = store.require("sample", keys["sample"]).manifest["metrics"]["refusal_rate_per_site"]
     metrics = controls["metrics"]
@@ -68,6 +71,7 @@ def main() -> None:
     ap.add_argument("--steps", default="1500", help="comma-separated controls steps")
     ap.add_argument("--methods", default="inversescope", help="comma-separated methods")
     ap.add_argument("--upstream", default=None, help="workdir whose upstream artifacts to reuse")
+    ap.add_argument("--fcr", action="store_true", help="also run label and fcr")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "search.json"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -88,10 +92,11 @@ def main() -> None:
                         f"controls.train.steps={n}",
                     ],
                 )
+                names = WITH_FCR if args.fcr else UNTIL
                 keys = (
-                    keys_with_upstream(run, UNTIL, args.upstream, args.workdir)
+                    keys_with_upstream(run, names, args.upstream, args.workdir)
                     if args.upstream
-                    else run_keys(run, UNTIL)
+                    else run_keys(run, names)
                 )
                 plan.append((name, method, n, run, keys))
 

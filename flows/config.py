@@ -369,13 +369,9 @@ def check_run(run: RunConfig) -> None:
             f"at least 2 * target.train.batch_size = {2 * run.target.train.batch_size}"
         )
     n_target = run.target.train_prompts
-    if run.target.source == "train" and n_target is not None:
-        if n_target > run.prior.n_train:
-            raise ConfigError(
-                f"target.train_prompts={n_target} exceeds prior.n_train={run.prior.n_train}"
-            )
-        if n_target < 2 * run.target.train.batch_size:
-            raise ConfigError(
-                f"target.train_prompts={n_target} is too few to train the target; at least "
-                f"2 * target.train.batch_size = {2 * run.target.train.batch_size}"
-            )
+    # more than the prior holds means all of it (checked just above)
+    if run.target.source == "train" and n_target and n_target < 2 * run.target.train.batch_size:
+        raise ConfigError(
+            f"target.train_prompts={n_target} is too few to train the target; at least "
+            f"2 * target.train.batch_size = {2 * run.target.train.batch_size}"
+        )

@@ -176,8 +176,8 @@ class TargetConfig(TrainableModelConfig):
     train_prompts: int | None = Field(
         None,
         gt=0,
-        description="Train on the first this many prompts of the prior's train split (None: "
-        "all). The prior feeds the generators too, which need far more prompts than the "
+        description="Train on at most the first this many prompts of the prior's train split "
+        "(None: all). The prior feeds the generators too, which need far more prompts than the "
         "target needs to learn its task; trained on the first N prompts of a larger prior of "
         "the same seed (and query files), the target equals the one a prior of N prompts "
         "gives.",

@@ -38,7 +38,7 @@ def test_yaml_file_over_a_preset(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("preset: ioi-tiny\nprior:\n  n_test: 77\nextract:\n  sites: [L1H2]\n")
     run = load_run_config(str(path), ["extract.batch_size=16"])
-    assert run.prior.n_test == 77 and run.prior.n_train == 10000
+    assert run.prior.n_test == 77 and run.prior.n_train == 50000
     assert run.extract.sites == ["L1H2"] and run.extract.batch_size == 16
 
 

@@ -28,10 +28,8 @@ def test_a_target_on_the_first_prompts_of_a_larger_prior_is_the_smaller_priors(s
         assert (w == big_weights[name]).all(), name
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [(20000, "exceeds prior.n_train=10000"), (10, "too few to train the target")],
-)
-def test_train_prompts_are_checked_up_front(value, message):
-    with pytest.raises(ConfigError, match=message):
-        check_run(load_run_config("ioi-tiny", [f"target.train_prompts={value}"]))
+def test_train_prompts_are_at_most_the_prior_and_checked_up_front(small):
+    # more than the prior holds: all of it (a smaller prior under a preset that sets it)
+    check_run(load_run_config("ioi-tiny", [*small, "target.train_prompts=20000"]))
+    with pytest.raises(ConfigError, match="too few to train the target"):
+        check_run(load_run_config("ioi-tiny", ["target.train_prompts=10"]))
