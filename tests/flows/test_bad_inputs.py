@@ -65,6 +65,13 @@ CASES = [
     ("device-cuda", [*RUN, "--set", "device=cuda"], "this machine has no CUDA device"),
     ("dtype", [*RUN, "--set", "dtype=float8"], "Input should be 'auto', 'float32'"),
     ("method", [*RUN, "--set", "controls.method=nosuch"], "Input should be 'inversescope'"),
+    ("control-blocks", [*RUN, "--set", "controls.generator.control_blocks=[7]"], "blocks (0 to"),
+    (
+        "control-blocks-dup",
+        [*RUN, "--set", "controls.generator.control_blocks=[0, 0]"],
+        "give distinct block indices",
+    ),
+    ("target-prompts", [*RUN, "--set", "target.train_prompts=10"], "too few to train the target"),
     ("sites-empty", [*RUN, "--set", "extract.sites=[]"], "extract.sites is empty"),
     ("sites-dup", [*RUN, "--set", "extract.sites=[L0H1, L0H1]"], "names ['L0H1'] more than once"),
     ("sample-sites-dup", [*RUN, "--set", "sample.sites=[L1H0, L1H0]"], "more than once"),
