@@ -81,8 +81,9 @@ def keys_with_upstream(run, names: tuple[str, ...], upstream, workdir) -> dict[s
 
     found: dict[str, str] = {}
     other = ArtifactStore(upstream)
+    needed = run_keys(run, names)  # the stages the names read
     for name in ("prior", "target", "extract", "backbone"):
-        if name not in run_keys(run, names):
+        if name not in needed:
             continue
         mod = stage_module(name)
         want = canonical_json(mod.config_of(run))

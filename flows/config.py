@@ -32,6 +32,7 @@ from inversescope.core.config import (
     PriorConfig,
     SampleConfig,
     TargetConfig,
+    control_block_indices,
 )
 from inversescope.core.sites import ModelDims, check_sites
 from inversescope.tasks import (
@@ -368,15 +369,11 @@ def check_run(run: RunConfig) -> None:
             f"prior.n_train={run.prior.n_train} is too small to train the target; "
             f"at least 2 * target.train.batch_size = {2 * run.target.train.batch_size}"
         )
-    blocks = run.controls.generator.control_blocks
-    n_blocks = run.backbone.arch.n_layer
-    if run.backbone.source == "train" and blocks is not None:
-        bad = [b for b in blocks if not -n_blocks <= b < n_blocks]
-        if bad or len({b % n_blocks for b in blocks}) != len(blocks):
-            raise ConfigError(
-                f"controls.generator.control_blocks={blocks}: the backbone has {n_blocks} blocks "
-                f"(0 to {n_blocks - 1}, or -{n_blocks} to -1), each named once"
-            )
+    if run.backbone.source == "train":  # a hub backbone's depth is known once it loads
+        try:
+            control_block_indices(run.controls.generator.control_blocks, run.backbone.arch.n_layer)
+        except ValueError as e:
+            raise ConfigError(f"controls.generator.{e}") from None
     n_target = run.target.train_prompts
     # more than the prior holds means all of it (checked just above)
     if run.target.source == "train" and n_target and n_target < 2 * run.target.train.batch_size:

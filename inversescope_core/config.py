@@ -259,6 +259,23 @@ class NoiseConfig(StageConfig):
     scale: float = Field(0.1, ge=0, description="gaussian: ||r|| / ||z_hat|| on average.")
 
 
+def control_block_indices(control_blocks: list[int] | None, n_blocks: int) -> list[int]:
+    """The backbone blocks that get a control layer, ascending (negative indices count from the
+    end; None: every block). ``ValueError`` names a block that does not exist or is repeated."""
+    if control_blocks is None:
+        return list(range(n_blocks))
+    bad = [b for b in control_blocks if not -n_blocks <= b < n_blocks]
+    if bad:
+        raise ValueError(
+            f"control_blocks={control_blocks}: block {bad[0]} is not in the backbone's "
+            f"{n_blocks} blocks (0 to {n_blocks - 1}, or -{n_blocks} to -1)"
+        )
+    resolved = sorted({b % n_blocks for b in control_blocks})
+    if len(resolved) != len(control_blocks):
+        raise ValueError(f"control_blocks={control_blocks}: names one block twice")
+    return resolved
+
+
 class GeneratorConfig(StageConfig):
     """InverseScope's conditioning: site encoders + one control layer per backbone block, trained
     on (x_hat, z_hat + r) with training noise r."""

@@ -44,6 +44,7 @@ from transformers import PreTrainedModel
 
 from inversescope.core.architectures import architecture_of
 from inversescope.core.conditioning import direction
+from inversescope.core.config import control_block_indices
 
 VALUE_FORMS = ("projected", "per_head")
 
@@ -125,7 +126,7 @@ class ConditionalGenerator(nn.Module):
         self.norm_directions = nn.Parameter(torch.zeros(len(sites), d_site)) if log_norm else None
         self.cond_norm = nn.LayerNorm(d_site)  # on the encoded condition
         blocks = architecture_of(backbone.config).blocks(backbone)
-        self.blocks = self._block_indices(control_blocks, len(blocks))
+        self.blocks = control_block_indices(control_blocks, len(blocks))
         self.controls = nn.ModuleList(
             ControlLayer(d_model, d_site, n_heads, d_head, value_form) for _ in self.blocks
         )
@@ -143,22 +144,6 @@ class ConditionalGenerator(nn.Module):
             # LoRA adapters (peft's default target modules for the architecture) train; the
             # backbone's own weights stay frozen.
             inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank), backbone)
-
-    @staticmethod
-    def _block_indices(control_blocks: list[int] | None, n_blocks: int) -> list[int]:
-        """The blocks with a control layer, ascending (negative indices count from the end)."""
-        if control_blocks is None:
-            return list(range(n_blocks))
-        bad = [b for b in control_blocks if not -n_blocks <= b < n_blocks]
-        if bad:
-            raise ValueError(
-                f"control_blocks={control_blocks}: block {bad[0]} is not in the backbone's "
-                f"{n_blocks} blocks (0 to {n_blocks - 1}, or -{n_blocks} to -1)"
-            )
-        resolved = sorted({b % n_blocks for b in control_blocks})
-        if len(resolved) != len(control_blocks):
-            raise ValueError(f"control_blocks={control_blocks}: names one block twice")
-        return resolved
 
     def _hook(self, layer: int):
         def add_control(module, args, output):
