@@ -24,8 +24,8 @@ from pathlib import Path
 
 from _common import rate_summary
 
-from inversescope.flows import plots
-from inversescope.flows.config import load_run_config
+from inversescope import plots
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from _common import best_of, write_result
 
+from inversescope.config import load_run_config
 from inversescope.core.extract import SiteReader
 from inversescope.core.models import pick_device
-from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.flows.stage_extract import extract_to_store
 from inversescope.storage.artifacts import ArtifactStore

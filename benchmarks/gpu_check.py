@@ -33,6 +33,7 @@ import torch
 from _common import generate_baseline, write_result
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
+from inversescope.config import load_run_config
 from inversescope.core.config import TrainConfig
 from inversescope.core.extract import SiteReader
 from inversescope.core.generator import ConditionalGenerator
@@ -41,7 +42,6 @@ from inversescope.core.sampling import sample_tokens
 from inversescope.core.sites import all_sites
 from inversescope.core.sizing import Shape, packaged_config, training_bytes
 from inversescope.core.tokenizer import train_bpe_tokenizer
-from inversescope.flows.config import load_run_config
 from inversescope.tasks import ioi
 
 IOI_PAPER = {"prompts": 105_000, "backbone_steps": 5_000, "controls_steps": 20_000}

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from _common import best_of, generate_baseline, write_result
 
+from inversescope.config import load_run_config
 from inversescope.core.models import pick_device
 from inversescope.core.sampling import sample_tokens
-from inversescope.flows.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from _common import keys_with_upstream, rate_summary
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
 

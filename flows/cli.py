@@ -1,5 +1,14 @@
-"""Command line: ``inversescope run PRESET_OR_YAML [--workdir DIR] [--until STAGE] [--set k=v]
-[--json]`` and ``inversescope presets``."""
+"""inversescope: run the pipeline, schedule it on Prefect, and read what it wrote.
+
+  run PRESET_OR_YAML      run every stage (cached stages are reused; when all of them are,
+                          no Prefect server starts)
+  serve / deploy          schedule the pipeline from a Prefect server's UI (one machine / a pool)
+  presets                 the shipped presets, their sites and sizes
+  results / samples       the FCR table and a site's samples of the latest run of a workdir
+  verify / gc             check every artifact of a workdir / remove partial and unused ones
+
+In Python: ``import inversescope; run = inversescope.open("runs")`` (README: quick start).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from inversescope.flows.config import ConfigError, load_run_config
-from inversescope.flows.errors import FeatureError, StageError
+from inversescope.config import ConfigError, load_run_config
+from inversescope.errors import FeatureError, StageError
 
 
 def _configure_prefect_env() -> None:
@@ -62,7 +71,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="inversescope", description=__doc__)
+    p = _Parser(
+        prog="inversescope",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run the pipeline of a preset or YAML config")
     _add_config_args(run, "preset name (see `inversescope presets`) or YAML file")
@@ -133,7 +146,7 @@ def _print_frame(df) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from inversescope.flows.config import check_run
+    from inversescope.config import check_run
 
     run = load_run_config(args.config, args.overrides)
     check_run(run)
@@ -149,7 +162,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     run = load_run_config(args.config, args.overrides)
     _configure_prefect_env()
-    from inversescope.flows.config import check_run
+    from inversescope.config import check_run
     from inversescope.flows.deploy import deploy
 
     check_run(run)
@@ -191,27 +204,20 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_samples(args: argparse.Namespace) -> int:
-    import polars as pl
-
-    from inversescope.core.sites import parse_site
-    from inversescope.storage.queries import scan_samples_with_labels
+    import inversescope
 
     try:
-        site = parse_site(args.site).name
-        df = (
-            scan_samples_with_labels(args.workdir)
-            .filter((pl.col("site") == site) & (pl.col("example_id") == args.example))
-            .collect()
-        )
+        run = inversescope.open(args.workdir)
+        df = run.samples(args.site, args.example)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from e
-    if df.height == 0:
-        raise ConfigError(
-            f"no samples for site {site} and example {args.example} in {args.workdir}"
-        )
     ref_cols = [c for c in df.columns if c.endswith("_ref")]
-    print("reference labels: " + ", ".join(f"{c[:-4]}={df[c][0]}" for c in ref_cols))
-    _print_frame(df.sort("distance").drop(["site", "example_id", *ref_cols]).head(args.limit))
+    print(
+        "reference labels: "
+        + ", ".join(f"{c[:-4]}={df[c][0]}" for c in ref_cols)
+        + f" (example {args.example}; accepted: distance < {run.epsilon})"
+    )
+    _print_frame(df.drop(["site", "example_id", *ref_cols]).head(args.limit))
     return 0
 
 
@@ -262,8 +268,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_presets() -> int:
     from importlib import resources
 
+    from inversescope.config import target_dims
     from inversescope.core.sizing import GPU_BYTES, size_config
-    from inversescope.flows.config import target_dims
     from inversescope.tasks import preset_names
 
     def _count(n: int) -> str:
@@ -340,19 +346,26 @@ def _server_for_workers(needed: bool) -> Iterator[None]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from inversescope.flows.config import check_run
-    from inversescope.flows.stage import STAGE_ORDER
+    from inversescope.config import check_run, probe_features
+    from inversescope.flows.stage import cached_results, run_keys, stages_until
 
     run = load_run_config(args.config, args.overrides)
-    if args.until is not None and args.until not in STAGE_ORDER:
-        raise ConfigError(f"unknown stage {args.until!r}; accepted: {', '.join(STAGE_ORDER)}")
-    check_run(run)
+    names = stages_until(args.until)
+    check_run(run, probe=False)
     workdir = _checked_workdir(args.workdir)
-    _configure_prefect_env()
-    from inversescope.flows.pipeline import flow_for
+    keys = run_keys(run, names)
+    done = cached_results(workdir, keys, names)
+    if done is None or "label" not in done:  # labels cached: their features ran already
+        probe_features(run)
+    if done is not None and not os.environ.get("PREFECT_API_URL"):
+        # nothing to build and no server to report to: no temporary server either
+        out = {"stages": {n: r.to_json() for n, r in done.items()}}
+    else:
+        _configure_prefect_env()
+        from inversescope.flows.pipeline import flow_for
 
-    with _server_for_workers(run.runner.kind == "dask"):
-        out = flow_for(run.task)(run, str(workdir), args.until)
+        with _server_for_workers(run.runner.kind == "dask"):
+            out = flow_for(run.task)(run, str(workdir), args.until)
     out = {**out, "preset": run.preset, "task": run.task, "workdir": str(workdir)}
     if args.json:
         print(json.dumps(out))
@@ -366,13 +379,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         results = pl.read_parquet(results_path(Path(out["stages"]["fcr"]["path"])))
         print(
-            f"\nFCR ({run.controls.method}, {run.fcr.kernel} kernel, eps={run.kernel.epsilon}); "
-            f"plots in {out['stages']['fcr']['path']}"
+            f"\nFCR ({run.controls.method}, {run.fcr.weighting} weighting, "
+            f"eps={run.kernel.epsilon}); plots in {out['stages']['fcr']['path']}"
         )
         _print_frame(
             results.sort(["feature", "fcr"], descending=[False, True], nulls_last=True).select(
                 RESULT_COLUMNS
             )
+        )
+        print(
+            "\nNext: explore it in Python (`run = inversescope.open("
+            f"{str(args.workdir)!r})`, README: Python quick start)."
         )
     return 0
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from uuid import UUID
 
-from inversescope.flows.config import ConfigError, RunConfig
+from inversescope.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 

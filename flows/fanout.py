@@ -24,7 +24,7 @@ from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from inversescope.flows.config import RunConfig, RunnerConfig
+from inversescope.config import RunConfig, RunnerConfig
 from inversescope.flows.stage import commit_stage, plan_stage, run_stage_shard
 
 

@@ -31,8 +31,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from inversescope.flows.config import ConfigError, RunConfig, check_run, load_run_config
-from inversescope.flows.stage import STAGE_ORDER, is_sharded, run_keys, run_stage, stage_module
+from inversescope.config import ConfigError, RunConfig, check_run, load_run_config
+from inversescope.flows.stage import (
+    STAGE_ORDER,
+    is_sharded,
+    run_keys,
+    run_stage,
+    stage_module,
+    stages_until,
+)
 from inversescope.storage.artifacts import ArtifactStore
 from inversescope.tasks import TASKS, preset_names, preset_path
 
@@ -96,14 +103,6 @@ def _make_stage_task(name: str):
 
 
 STAGE_TASKS = {name: _make_stage_task(name) for name in STAGE_ORDER}
-
-
-def stages_until(until: str | None) -> tuple[str, ...]:
-    if until is None:
-        return STAGE_ORDER
-    if until not in STAGE_ORDER:
-        raise ConfigError(f"unknown stage {until!r}; accepted: {', '.join(STAGE_ORDER)}")
-    return STAGE_ORDER[: STAGE_ORDER.index(until) + 1]
 
 
 def _run_stages(run: RunConfig, workdir: str, names: tuple[str, ...]) -> dict[str, Any]:

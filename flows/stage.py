@@ -2,7 +2,8 @@
 commit atomically.
 
 Every stage module follows the ``Stage`` protocol below. The key of a stage = hash(its
-``config_of(run)``, its inputs' keys, the source closure of its module and ``extra_code``).
+``config_of(run)``, its inputs' keys, and the source of the code its build runs:
+``stage_code``).
 A stage's ``build`` gets a ``StageContext`` (the run, its input artifacts, the partial directory
 to write, its key and the workdir) and reads and writes files only through
 ``inversescope.storage.layout``.
@@ -30,7 +31,7 @@ from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.keys import code_hash, stage_key
 
 if TYPE_CHECKING:
-    from inversescope.flows.config import RunConfig
+    from inversescope.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,31 @@ STAGE_ORDER: tuple[str, ...] = (
     "label",
     "fcr",
 )
+
+
+def stages_until(until: str | None) -> tuple[str, ...]:
+    """The stages a run with ``--until`` (the last stage to run) runs, in order."""
+    if until is None:
+        return STAGE_ORDER
+    if until not in STAGE_ORDER:
+        from inversescope.config import ConfigError  # the user's to fix: one line
+
+        raise ConfigError(f"unknown stage {until!r}; accepted: {', '.join(STAGE_ORDER)}")
+    return STAGE_ORDER[: STAGE_ORDER.index(until) + 1]
+
+
+def cached_results(
+    workdir: Path | str, keys: dict[str, str], names: tuple[str, ...]
+) -> dict[str, StageResult] | None:
+    """Every stage of ``names`` as committed already, or None when any has yet to be built."""
+    store = ArtifactStore(workdir)
+    out = {}
+    for name in names:
+        hit = store.lookup(name, keys[name])
+        if hit is None:
+            return None
+        out[name] = StageResult(name, "cached", keys[name], str(hit.path), 0.0)
+    return out
 
 
 @cache
@@ -71,6 +97,7 @@ class Stage(Protocol):
     INPUTS: tuple[str, ...]  # upstream stages whose artifacts ``build`` reads
     RESUMABLE: bool  # keep the partial directory of a killed run and resume from it
     # optional SEEDED = True: the build draws from the global random generators (see seeded)
+    # optional CODE: modules the build runs that no import of the stage module names
 
     def config_of(self, run: RunConfig) -> dict[str, Any]:
         """What of the run config the artifact depends on (JSON-able, no I/O beyond
@@ -157,6 +184,22 @@ def seeded(mod: Stage, seed: int) -> Iterator[list[str]]:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def stage_code(name: str, run: RunConfig) -> tuple[str, ...]:
+    """The modules whose code the stage's build runs, as its key hashes them (with everything
+    they import, see ``storage.keys``): the stage module, its ``CODE`` (modules that lower
+    modules import only inside the functions it calls) and its ``extra_code(run)`` (the
+    task's own module, for the prior)."""
+    mod = stage_module(name)
+    extra = getattr(mod, "extra_code", None)
+    modules = extra(run)[0] if extra else ()
+    return (cast(ModuleType, mod).__name__, *getattr(mod, "CODE", ()), *modules)
+
+
+def stage_files(name: str, run: RunConfig) -> tuple[Path, ...]:
+    extra = getattr(stage_module(name), "extra_code", None)
+    return tuple(extra(run)[1]) if extra else ()
+
+
 def run_keys(
     run: RunConfig, names: tuple[str, ...] = STAGE_ORDER, fixed: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -170,9 +213,7 @@ def run_keys(
     def key(name: str) -> str:
         if name not in keys:
             mod = stage_module(name)
-            extra = getattr(mod, "extra_code", None)  # only prior runs code outside its closure
-            modules, files = extra(run) if extra else ((), ())
-            code = code_hash((cast(ModuleType, mod).__name__, *modules), tuple(files))
+            code = code_hash(stage_code(name, run), stage_files(name, run))
             inputs = {inp: key(inp) for inp in mod.INPUTS}
             keys[name] = stage_key(name, mod.config_of(run), inputs, code)
         return keys[name]

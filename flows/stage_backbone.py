@@ -11,7 +11,7 @@ from inversescope.storage import layout
 from inversescope.storage.keys import file_fingerprint
 
 if TYPE_CHECKING:
-    from inversescope.flows.config import RunConfig
+    from inversescope.config import RunConfig
     from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from inversescope.storage.activations import STORE, ActivationStore, RegionWrite
 from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
+    from inversescope.config import RunConfig
     from inversescope.core.config import ExtractConfig
-    from inversescope.flows.config import RunConfig
     from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from inversescope.storage.keys import file_fingerprint, source_fingerprint
 from inversescope.tasks import PriorOptions, load_task, resolve_data_file, task_module_name
 
 if TYPE_CHECKING:
-    from inversescope.flows.config import RunConfig
+    from inversescope.config import RunConfig
     from inversescope.flows.stage import StageContext
 
 log = logging.getLogger(__name__)

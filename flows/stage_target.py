@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from inversescope.flows.errors import StageError
+from inversescope.errors import StageError
 from inversescope.storage import layout
 from inversescope.storage.keys import source_fingerprint
 from inversescope.tasks import load_task, task_renderer
 
 if TYPE_CHECKING:
-    from inversescope.flows.config import RunConfig
+    from inversescope.config import RunConfig
     from inversescope.flows.stage import StageContext
     from inversescope.storage.artifacts import Artifact
 

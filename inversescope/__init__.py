@@ -8,3 +8,18 @@ import anyio.abc  # noqa: F401
 import beartype  # noqa: F401
 
 __version__ = "0.1.0"
+
+__all__ = ["Run", "open", "runs", "load_run_config", "__version__"]
+
+
+def __getattr__(name: str):
+    # the API loads polars and the storage layer: only when asked, so the CLI starts fast
+    if name in ("Run", "open", "runs"):
+        from inversescope import api
+
+        return getattr(api, name)
+    if name == "load_run_config":
+        from inversescope.config import load_run_config
+
+        return load_run_config
+    raise AttributeError(f"module 'inversescope' has no attribute {name!r}")

@@ -24,9 +24,20 @@ def site_list(field: str, sites: list[str]) -> list[str]:
 
 
 class StageConfig(BaseModel):
-    """Base of every stage config: unknown fields are an error, not silently ignored."""
+    """Base of every stage config: unknown fields are an error, not silently ignored, and a
+    field's old name (``RENAMED``: old -> new) is an error that names the new one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in cls.RENAMED.items():
+                if old in data:
+                    raise ValueError(f"{old!r} is now called {new!r}; rename it in your config")
+        return data
 
 
 class PriorConfig(StageConfig):
@@ -202,14 +213,27 @@ class ExtractConfig(StageConfig):
 class KernelConfig(StageConfig):
     """The neighbourhood of a reference activation: distance, kernel and radius."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"kernel": "shape"}
+
     distance: Literal["cosine"] = Field("cosine", description="Distance between activations.")
-    kernel: Literal["gaussian", "hard"] = Field(
-        "gaussian", description="gaussian: exp(-d^2 / 2 eps^2); hard: 1{d < eps}."
+    shape: Literal["gaussian", "hard"] = Field(
+        "gaussian",
+        description="The kernel k(d) of P(x; z_hat): gaussian exp(-d^2 / 2 eps^2), or hard "
+        "1{d < eps}. Read by the exact kernel training noise (noise.family: kernel).",
     )
     epsilon: float = Field(
-        0.1, description="Kernel radius ε, in (0, 2): cosine distance lies in [0, 2]."
+        0.1,
+        description="Kernel radius ε, in (0, 2): cosine distance lies in [0, 2]. A sample is "
+        "accepted when its distance to z_hat is below it.",
     )
-    delta: float = Field(0.1, description="Allowed relative norm change δ, in (0, 1).")
+    delta: float = Field(
+        0.1, description="Allowed relative norm change δ, in (0, 1) (exact kernel noise)."
+    )
+
+    def key(self) -> dict[str, Any]:
+        """What the exact kernel noise reads of the kernel (its cache-key part)."""
+        return {"distance": self.distance, "shape": self.shape, "epsilon": self.epsilon,
+                "delta": self.delta}  # fmt: skip
 
     @field_validator("epsilon")
     @classmethod
@@ -254,9 +278,19 @@ class NoiseConfig(StageConfig):
     """Training noise r of the pairs (x_hat, z_hat + r); see inversescope.core.noise."""
 
     family: Literal["kernel", "gaussian", "none"] = Field(
-        "gaussian", description="kernel: exact kernel noise; gaussian: isotropic; none."
+        "gaussian",
+        description="kernel: exact kernel noise (reads the kernel section); gaussian: "
+        "isotropic, of the given scale; none.",
     )
     scale: float = Field(0.1, ge=0, description="gaussian: ||r|| / ||z_hat|| on average.")
+
+    def key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """What the noise reads: the family, and the scale or the kernel it draws from."""
+        if self.family == "gaussian":
+            return {"family": "gaussian", "scale": self.scale}
+        if self.family == "kernel":
+            return {"family": "kernel", "kernel": kernel.key()}
+        return {"family": "none"}
 
 
 def control_block_indices(control_blocks: list[int] | None, n_blocks: int) -> list[int]:
@@ -288,12 +322,14 @@ class GeneratorConfig(StageConfig):
         "ioi-tiny); projected: per-head values of size d_head, then one output projection to "
         "the backbone's width (zero init; fewer parameters).",
     )
-    backbone: Literal["frozen", "lora", "full"] = Field(
+    RENAMED: ClassVar[dict[str, str]] = {"backbone": "backbone_mode"}
+
+    backbone_mode: Literal["frozen", "lora", "full"] = Field(
         "frozen",
-        description="frozen: the paper's letter; lora: LoRA adapters on the backbone train too; "
-        "full: the whole backbone trains too.",
+        description="What of the backbone trains with the controls: frozen (the paper's "
+        "letter): nothing; lora: LoRA adapters; full: every weight.",
     )
-    lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone=lora).")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone_mode=lora).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
     control_blocks: list[int] | None = Field(
         None,
@@ -313,6 +349,19 @@ class GeneratorConfig(StageConfig):
             raise ValueError(f"control_blocks={v}: give distinct block indices, or null for all")
         return v
 
+    def training_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """What the trained generator depends on: its fields that its build and training read
+        (the training noise reads the kernel only for exact kernel noise)."""
+        out = self.model_dump(mode="json", exclude={"noise", "lora_rank"})
+        if self.backbone_mode == "lora":
+            out["lora_rank"] = self.lora_rank
+        out["noise"] = self.noise.key(kernel)
+        return out
+
+    def sampling_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """What sampling reads beyond the trained state: nothing."""
+        return {}
+
 
 class InversionViewConfig(StageConfig):
     """The InversionView baseline decoder: trains without noise, samples with Gaussian noise."""
@@ -324,6 +373,17 @@ class InversionViewConfig(StageConfig):
         description="Scale of the Gaussian noise added to z_hat when sampling "
         "(||r|| / ||z_hat|| on average; default ε, InversionView's protocol).",
     )
+
+    def training_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """The decoder trains without noise: only its size."""
+        return self.model_dump(mode="json", exclude={"sample_noise_scale"})
+
+    def noise_scale(self, kernel: KernelConfig) -> float:
+        """InversionView's protocol: Gaussian noise of scale ε at sampling, unless configured."""
+        return kernel.epsilon if self.sample_noise_scale is None else self.sample_noise_scale
+
+    def sampling_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        return {"noise_scale": self.noise_scale(kernel)}
 
 
 class ControlsConfig(StageConfig):
@@ -345,6 +405,23 @@ class ControlsConfig(StageConfig):
     inversionview: InversionViewConfig = Field(
         default_factory=InversionViewConfig, description="method=inversionview: the baseline."
     )
+
+    @property
+    def method_config(self) -> GeneratorConfig | InversionViewConfig | None:
+        """The section of the chosen method (prior: none, nothing trains)."""
+        return {"inversescope": self.generator, "inversionview": self.inversionview}.get(
+            self.method
+        )
+
+    def training_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """What the trained state depends on besides seed, sites and schedule."""
+        cfg = self.method_config
+        return {} if cfg is None else cfg.training_key(kernel)
+
+    def sampling_key(self, kernel: KernelConfig) -> dict[str, Any]:
+        """What sampling reads beyond the sample section and the trained state."""
+        cfg = self.method_config
+        return {} if cfg is None else cfg.sampling_key(kernel)
 
 
 class LabellerConfig(ModelSourceConfig):
@@ -368,10 +445,12 @@ class SampleConfig(StageConfig):
     sites: list[str] | None = Field(None, description="Sites to sample (default: all extracted).")
     n_examples: int = Field(20, gt=0, description="First n test prompts used as references.")
     samples_per_example: int = Field(16, gt=0, description="Samples per (reference, site).")
-    block_examples: int = Field(
+    RENAMED: ClassVar[dict[str, str]] = {"block_examples": "group_size"}
+
+    group_size: int = Field(
         32,
         gt=0,
-        description="References per sampling block: each (site, block) has its own random "
+        description="References per sampling group: each (site, group) unit has its own random "
         "stream and output part, the unit of resumption and of fan-out.",
     )
     batch_size: int = Field(256, gt=0, description="Sequences generated at once.")
@@ -398,8 +477,12 @@ class LabelConfig(StageConfig):
 class FcrConfig(StageConfig):
     """Feature consistency rate per (site, feature)."""
 
-    kernel: Literal["hard", "gaussian"] = Field(
-        "hard", description="hard: accepted samples only; gaussian: all samples, kernel-weighted."
+    RENAMED: ClassVar[dict[str, str]] = {"kernel": "weighting"}
+
+    weighting: Literal["hard", "gaussian"] = Field(
+        "hard",
+        description="How samples count in FCR: hard: accepted samples only (distance < ε), "
+        "weight 1; gaussian: every sample, weighted exp(-d^2 / 2 ε^2).",
     )
     n_bootstrap: int = Field(1000, gt=0, description="Bootstrap resamples over examples.")
     ci_level: float = Field(0.95, gt=0, lt=1, description="Confidence level of the interval.")

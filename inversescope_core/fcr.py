@@ -17,15 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def kernel_weights(distance: np.ndarray, epsilon: float, kernel: str) -> np.ndarray:
-    """Weight of each sample: hard 1{d < ε}; gaussian exp(-d²/2ε²). NaN distance weighs 0."""
+def kernel_weights(distance: np.ndarray, epsilon: float, weighting: str) -> np.ndarray:
+    """Weight of each sample in FCR: hard 1{d < ε}; gaussian exp(-d²/2ε²). NaN distance weighs
+    0."""
     d = np.asarray(distance, dtype=np.float64)
-    if kernel == "hard":
+    if weighting == "hard":
         w = (d < epsilon).astype(np.float64)
-    elif kernel == "gaussian":
+    elif weighting == "gaussian":
         w = np.exp(-(d**2) / (2 * epsilon**2))
     else:
-        raise ValueError(f"unknown kernel {kernel!r}; accepted: hard, gaussian")
+        raise ValueError(f"unknown weighting {weighting!r}; accepted: hard, gaussian")
     return np.where(np.isnan(d), 0.0, w)
 
 
@@ -103,3 +104,43 @@ def chance_level(reference_labels: list, pool_labels: list) -> float:
     values, counts = np.unique(np.array(pool, dtype=object).astype(str), return_counts=True)
     freq = dict(zip(values.tolist(), (counts / counts.sum()).tolist(), strict=True))
     return float(np.mean([freq.get(str(r), 0.0) for r in refs]))
+
+
+@dataclass(frozen=True)
+class FeatureScore:
+    """FCR of one feature at one site, with the chance level of the references it covers."""
+
+    feature: str
+    estimate: FcrEstimate
+    chance: float
+
+
+def score_site(
+    example: np.ndarray,
+    weight: np.ndarray,
+    sample_labels: dict[str, list],
+    reference_labels: dict[str, dict[int, object]],
+    pool: dict[str, list],
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[FeatureScore]:
+    """Every feature's FCR at one site. One row per sample: its example id (``example``), its
+    kernel weight and, per feature, its label (``sample_labels``). ``reference_labels`` maps a
+    feature to {example id: the reference's label}; ``pool`` to the labels of the prior draws
+    chance compares with (every reference)."""
+    used = sorted(set(example.tolist()))
+    out = []
+    for f, labels in sample_labels.items():
+        ref = reference_labels[f]
+        est = estimate_fcr(
+            example,
+            np.array(labels, dtype=object),
+            np.array([ref.get(e) for e in example.tolist()], dtype=object),
+            weight,
+            n_boot,
+            level,
+            seed,
+        )
+        out.append(FeatureScore(f, est, chance_level([ref.get(e) for e in used], pool[f])))
+    return out

@@ -44,11 +44,8 @@ class SamplingMethod(ABC):
     def __init__(self, config: ControlsConfig):
         self.config = config
 
-    # --- training -------------------------------------------------------------------------
-    @abstractmethod
-    def training_config(self, kernel: KernelConfig) -> dict[str, Any]:
-        """What of the config the trained state depends on (for its cache key)."""
-
+    # --- training (what of the config each part reads, for the cache keys:
+    # ``ControlsConfig.training_key`` and ``sampling_key``, which need no torch) --------------
     def build(self, backbone: PreTrainedModel, sites: list[str], d_site: int) -> nn.Module | None:
         """The model that trains on top of ``backbone`` (None: nothing trains)."""
         return None
@@ -62,10 +59,6 @@ class SamplingMethod(ABC):
         return dict(model.state_dict())
 
     # --- sampling -------------------------------------------------------------------------
-    def sampling_config(self, kernel: KernelConfig) -> dict[str, Any]:
-        """What sampling depends on beyond the sample config and the trained state."""
-        return {}
-
     def streams(self, seed: int, kernel: KernelConfig, d_site: int, device: str) -> SiteStreams:
         return SiteStreams(torch.Generator(device=device).manual_seed(seed))
 
@@ -86,13 +79,6 @@ class SamplingMethod(ABC):
 class InverseScopeMethod(SamplingMethod):
     name = "inversescope"
 
-    def training_config(self, kernel):
-        # the training noise reads the kernel's ε and δ
-        return {
-            **self.config.generator.model_dump(mode="json"),
-            "kernel": kernel.model_dump(mode="json"),
-        }
-
     def build(self, backbone, sites, d_site):
         g = self.config.generator
         return ConditionalGenerator(
@@ -101,7 +87,7 @@ class InverseScopeMethod(SamplingMethod):
             d_site,
             g.n_heads,
             g.d_head,
-            backbone_mode=g.backbone,
+            backbone_mode=g.backbone_mode,
             lora_rank=g.lora_rank,
             value_form=g.value_form,
             control_blocks=g.control_blocks,
@@ -113,7 +99,7 @@ class InverseScopeMethod(SamplingMethod):
         if noise.family == "none":
             return None
         return NoiseSampler(
-            noise.family, d_site, kernel.epsilon, kernel.delta, kernel.kernel, noise.scale, seed
+            noise.family, d_site, kernel.epsilon, kernel.delta, kernel.shape, noise.scale, seed
         )
 
     def trainable_state(self, model):
@@ -129,19 +115,8 @@ class InverseScopeMethod(SamplingMethod):
 class InversionViewMethod(SamplingMethod):
     name = "inversionview"
 
-    def training_config(self, kernel):
-        return self.config.inversionview.model_dump(mode="json", exclude={"sample_noise_scale"})
-
     def build(self, backbone, sites, d_site):
         return InversionViewDecoder(backbone, sites, d_site, self.config.inversionview.hidden)
-
-    def noise_scale(self, kernel: KernelConfig) -> float:
-        """InversionView's protocol: Gaussian noise of scale ε at sampling, unless configured."""
-        scale = self.config.inversionview.sample_noise_scale
-        return kernel.epsilon if scale is None else scale
-
-    def sampling_config(self, kernel):
-        return {"noise_scale": self.noise_scale(kernel)}
 
     def streams(self, seed, kernel, d_site, device):
         noise = NoiseSampler(
@@ -149,7 +124,7 @@ class InversionViewMethod(SamplingMethod):
             d_site,
             kernel.epsilon,
             kernel.delta,
-            scale=self.noise_scale(kernel),
+            scale=self.config.inversionview.noise_scale(kernel),
             seed=seed,
         )
         return SiteStreams(torch.Generator(device=device).manual_seed(seed), noise)
@@ -170,9 +145,6 @@ class InversionViewMethod(SamplingMethod):
 class PriorMethod(SamplingMethod):
     name = "prior"
     trains = False
-
-    def training_config(self, kernel):
-        return {}
 
     def generate(self, model, backbone, z, site_idx, streams, settings, eos_id):
         return sample_tokens(

@@ -272,7 +272,7 @@ TEMPLATE_MARGIN = 32  # target tokens of a chat template and BOS around a text
 
 
 def size_config(run, config_dir: Path) -> RunSizes:
-    """Sizes of a run config (``inversescope.flows.config.RunConfig``: its target, backbone,
+    """Sizes of a run config (``inversescope.config.RunConfig``: its target, backbone,
     extract, controls and sample sections). Sequence lengths: ``sample.max_new_tokens + 1``
     generator tokens; ``TEMPLATE_MARGIN`` more for the target's reading."""
     seq = run.sample.max_new_tokens + 1

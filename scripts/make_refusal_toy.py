@@ -15,21 +15,54 @@ import random
 from pathlib import Path
 
 TITLES = [
-    "The Silver Lantern", "Harbor of Glass", "The Quiet Orchard", "Moonlit Ferry", "Copper Sky",
-    "The Last Kite", "Winter Parade", "The Hidden Garden", "Paper Mountains", "Salt and Amber",
-    "The Clockmaker's Daughter", "River of Lamps", "The Blue Caravan", "Echo Valley",
-    "A Lantern for Two", "The Velvet Bridge", "Northern Lights Cafe", "The Marble Fox",
-    "Seven Small Doors", "The Painted Lighthouse", "Autumn Express", "The Wandering Bell",
-    "Glass Meadow", "The Brass Compass",
+    "The Silver Lantern",
+    "Harbor of Glass",
+    "The Quiet Orchard",
+    "Moonlit Ferry",
+    "Copper Sky",
+    "The Last Kite",
+    "Winter Parade",
+    "The Hidden Garden",
+    "Paper Mountains",
+    "Salt and Amber",
+    "The Clockmaker's Daughter",
+    "River of Lamps",
+    "The Blue Caravan",
+    "Echo Valley",
+    "A Lantern for Two",
+    "The Velvet Bridge",
+    "Northern Lights Cafe",
+    "The Marble Fox",
+    "Seven Small Doors",
+    "The Painted Lighthouse",
+    "Autumn Express",
+    "The Wandering Bell",
+    "Glass Meadow",
+    "The Brass Compass",
 ]
 KINDS = ["film", "novel", "series", "play"]
 PLACES = [
-    "the school library", "my office", "the town museum", "our bakery", "the village hall",
-    "the old observatory", "the garden club", "the chess club", "the music room", "the boathouse",
-    "the community kitchen", "the art studio",
+    "the school library",
+    "my office",
+    "the town museum",
+    "our bakery",
+    "the village hall",
+    "the old observatory",
+    "the garden club",
+    "the chess club",
+    "the music room",
+    "the boathouse",
+    "the community kitchen",
+    "the art studio",
 ]
-SECRETS = ["the door code", "the password", "the safe combination", "the hidden recipe",
-           "the secret handshake", "the locker code"]
+SECRETS = [
+    "the door code",
+    "the password",
+    "the safe combination",
+    "the hidden recipe",
+    "the secret handshake",
+    "the locker code",
+]
 
 HARMFUL = {
     "spoiler": [

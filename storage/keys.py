@@ -2,8 +2,13 @@
 of the code it runs.
 
 Prefect's ``TASK_SOURCE`` hashes only a task function's own source, so we hash the stage's
-module and, transitively, every project module it imports (found with ``ast``, no import
-side effects), plus any extra files named (a user's feature functions).
+module and the project modules its build runs, found with ``ast`` (no import side effects):
+every project module the stage module imports, anywhere in it (its functions defer heavy
+imports), and from there the modules each one imports at module level, transitively. An import
+inside a function of a lower module (``storage.layout`` loads ``core.methods`` only to read a
+checkpoint) is not followed: a stage that calls such a function names the module in its
+``CODE``. ``tests/flows/test_key_coverage.py`` traces every stage's build and checks that each
+project module whose code ran is in its key.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ def _module_file(name: str) -> Path | None:
     return Path(spec.origin)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Project modules imported by the source at ``path`` (absolute or relative imports).
+def _imports(path: Path, module: str, everywhere: bool = False) -> set[str]:
+    """Project modules imported by the source at ``path`` (absolute or relative imports): at
+    module level, or (``everywhere``) also inside functions.
 
     ``from pkg import name`` counts ``pkg.name`` only when ``pkg`` is a package: looking up
     ``module.attribute`` would import ``module`` (and torch with it) just to find out.
@@ -43,7 +49,7 @@ def _imports(path: Path, module: str) -> set[str]:
     is_pkg = path.name == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in _runtime_nodes(tree):
+    for node in _runtime_nodes(tree, everywhere):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -65,9 +71,10 @@ def _is_package(name: str) -> bool:
     return path is not None and path.name == "__init__.py"
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node, except what sits under ``if TYPE_CHECKING:`` (imports for annotations only:
-    they run no code, so they must not widen a stage's key)."""
+def _runtime_nodes(tree: ast.AST, everywhere: bool):
+    """Every node that runs when the module loads (``everywhere``: also in its functions and
+    methods), except what sits under ``if TYPE_CHECKING:`` (imports for annotations only: they
+    run no code, so they must not widen a stage's key)."""
     todo = [tree]
     while todo:
         node = todo.pop()
@@ -75,6 +82,8 @@ def _runtime_nodes(tree: ast.AST):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child.test):
                 todo.extend(child.orelse)
+                continue
+            if not everywhere and isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                 continue
             todo.append(child)
 
@@ -87,9 +96,15 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 @cache
 def module_closure(*modules: str) -> tuple[tuple[str, Path], ...]:
-    """The project modules reachable by imports from ``modules``, with their files, sorted."""
+    """``modules``, the project modules they import anywhere (in functions too), and the
+    modules those import at module level, transitively; with their files, sorted."""
     seen: dict[str, Path] = {}
-    todo = list(modules)
+    todo: list[str] = []
+    for name in modules:  # the roots first: their function bodies count
+        path = _module_file(name)
+        if path is not None:
+            seen[name] = path
+            todo.extend(_imports(path, name, everywhere=True))
     while todo:
         name = todo.pop()
         if name in seen:

@@ -9,7 +9,7 @@ target/<key>/     target.json (where the model comes from), model/, tokenizer/ (
 extract/<key>/    activations.zarr (see storage.activations)
 backbone/<key>/   model/, tokenizer/
 controls/<key>/   controls.pt (self-describing checkpoint), controls.json (its config)
-sample/<key>/     samples/<site>.parquet, listed in the manifest's metrics.parts
+sample/<key>/     samples/<site>/<group>.parquet, listed in the manifest's metrics.parts
 label/<key>/      labels.parquet, reference.parquet
 label/features/   per-feature label cache;  label/labeller.sqlite: the labeller's memo
 fcr/<key>/        results.parquet and plots
@@ -169,18 +169,22 @@ def load_controls(controls: Artifact, backbone):
 
 
 # --- samples ------------------------------------------------------------------------------
-def sample_part_name(site: str, block: int) -> str:
-    """The path, relative to its artifact, of the Parquet part holding one (site, block) unit's
+def sample_part_name(site: str, group: int) -> str:
+    """The path, relative to its artifact, of the Parquet part holding one (site, group) unit's
     samples, as the manifest lists it."""
-    return f"{SAMPLES_DIR}/{site}/{block:05d}.parquet"
+    return f"{SAMPLES_DIR}/{site}/{group:05d}.parquet"
 
 
-def sample_part(out: Path, site: str, block: int) -> Path:
-    return out / sample_part_name(site, block)
+def sample_part(out: Path, site: str, group: int) -> Path:
+    return out / sample_part_name(site, group)
+
+
+def scan_sample_parts(root: Path, parts: list[str]) -> pl.LazyFrame:
+    return pl.scan_parquet([str(root / p) for p in parts])
 
 
 def read_sample_parts(root: Path, parts: list[str]) -> pl.DataFrame:
-    return pl.concat([pl.read_parquet(root / p) for p in parts])
+    return scan_sample_parts(root, parts).collect()
 
 
 def sample_parts(sample: Artifact | Path) -> list[str]:
@@ -199,7 +203,9 @@ def read_samples(sample: Artifact | Path) -> pl.DataFrame:
 
 
 def scan_samples(sample: Artifact | Path) -> pl.LazyFrame:
-    return pl.scan_parquet([str(_root(sample) / p) for p in sample_parts(sample)])
+    """Every sample (site, example_id, sample_idx, text, distance), lazily: filter before
+    collecting."""
+    return scan_sample_parts(_root(sample), sample_parts(sample))
 
 
 # --- labels and results -------------------------------------------------------------------

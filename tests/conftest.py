@@ -119,3 +119,24 @@ def make_backbone():
         return GPT2LMHeadModel(cfg).eval()
 
     return make
+
+
+def build_small_run(workdir, overrides=(), preset: str = "ioi-tiny"):
+    """Every stage of the small run in ``workdir``, in this process (no Prefect): the run
+    config and each stage's result."""
+    from inversescope.config import load_run_config
+    from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage
+
+    run = load_run_config(preset, [*SMALL_OVERRIDES, *overrides])
+    keys = run_keys(run)
+    return run, {name: run_stage(name, run, workdir, keys) for name in STAGE_ORDER}
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """One small ioi run built for the whole session (the API, the notebook, the README's
+    quick start read it): ``(workdir, run config, stage results)``. Tests must not change it;
+    one that writes copies it first."""
+    workdir = tmp_path_factory.mktemp("small-run") / "runs"
+    run, results = build_small_run(workdir)
+    return workdir, run, results

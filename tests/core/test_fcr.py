@@ -40,7 +40,7 @@ def test_nan_distance_weighs_nothing_and_empty_is_nan():
         np.array([0]), np.array(["A"], dtype=object), np.array(["A"], dtype=object), np.array([0.0])
     )
     assert np.isnan(est.fcr) and est.n_examples == 0
-    with pytest.raises(ValueError, match="unknown kernel"):
+    with pytest.raises(ValueError, match="unknown weighting"):
         kernel_weights(np.array([0.1]), 0.1, "box")
 
 

@@ -26,15 +26,27 @@ def test_lookup_and_keys_see_only_their_own_config():
     iv = method_for(_config("inversionview"))
     prior = method_for(_config("prior"))
     assert (inv.name, iv.name, prior.name) == ("inversescope", "inversionview", "prior")
-    assert inv.training_config(kernel)["n_heads"] == 2 and "hidden" not in inv.training_config(
-        kernel
-    )
+    inv_key = _config("inversescope").training_key(kernel)
+    assert inv_key["n_heads"] == 2 and "hidden" not in inv_key
     # InversionView's sampling noise changes what sampling does, not what trains
-    assert iv.training_config(kernel) == {"hidden": 16}
-    assert iv.sampling_config(kernel) == {"noise_scale": 0.3}
-    default_iv = method_for(ControlsConfig(method="inversionview"))
-    assert default_iv.sampling_config(KernelConfig(epsilon=0.2)) == {"noise_scale": 0.2}
+    assert _config("inversionview").training_key(kernel) == {"hidden": 16}
+    assert _config("inversionview").sampling_key(kernel) == {"noise_scale": 0.3}
+    default_iv = ControlsConfig(method="inversionview")
+    assert default_iv.sampling_key(KernelConfig(epsilon=0.2)) == {"noise_scale": 0.2}
+    assert _config("prior").training_key(kernel) == {} == _config("prior").sampling_key(kernel)
     assert not prior.trains and prior.build(None, ["L0H0"], 4) is None
+
+
+def test_the_kernel_enters_the_generator_key_only_through_the_noise_that_reads_it():
+    gaussian = _config("inversescope")
+    assert gaussian.training_key(KernelConfig(epsilon=0.1)) == gaussian.training_key(
+        KernelConfig(epsilon=0.3, delta=0.5, shape="gaussian")
+    )
+    exact = ControlsConfig.model_validate({"generator": {"noise": {"family": "kernel"}}})
+    assert exact.training_key(KernelConfig(epsilon=0.1)) != exact.training_key(
+        KernelConfig(epsilon=0.3)
+    )
+    assert "scale" not in str(exact.training_key(KernelConfig())["noise"])
 
 
 @pytest.mark.parametrize("method", ["inversescope", "inversionview"])

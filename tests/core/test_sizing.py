@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from inversescope.config import load_run_config
 from inversescope.core.architectures import dims_of
 from inversescope.core.methods import method_for
 from inversescope.core.models import HUB_SHAPES
@@ -18,7 +19,6 @@ from inversescope.core.sizing import (
     source_config,
     truncated_parameter_count,
 )
-from inversescope.flows.config import load_run_config
 from inversescope.tasks import preset_names
 
 CONFIG_DIR = Path(str(resources.files("inversescope.tasks") / "model_configs"))

@@ -140,7 +140,7 @@ LATE = [
 @pytest.fixture(scope="module")
 def cached(tmp_path_factory, small_overrides):
     """A workdir holding every stage of the small run, and a folder of bad files."""
-    from inversescope.flows.config import load_run_config
+    from inversescope.config import load_run_config
 
     root = tmp_path_factory.mktemp("bad-inputs")
     files = root / "files"

@@ -1,8 +1,8 @@
 import pytest
 
+from inversescope.config import ConfigError, check_run, load_run_config
 from inversescope.core.sites import ModelDims, Site, all_sites, check_sites, parse_site
 from inversescope.flows.cli import main
-from inversescope.flows.config import ConfigError, check_run, load_run_config
 
 
 def test_site_names_round_trip():

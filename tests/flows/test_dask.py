@@ -8,7 +8,7 @@ import dask
 import pytest
 from distributed import KilledWorker
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.pipeline import flow_for
 from inversescope.flows.stage import run_keys
 from inversescope.storage import shards
@@ -29,7 +29,7 @@ def api_url(prefect_harness, monkeypatch):
 
 
 def _over(small):
-    return [*small, "sample.block_examples=2", "extract.chunk_rows=64"]
+    return [*small, "sample.group_size=2", "extract.chunk_rows=64"]
 
 
 def test_dask_writes_the_bytes_a_local_run_writes(api_url, small, tmp_path, artifact_files):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from inversescope.flows.config import ConfigError, RunConfig, load_run_config
+from inversescope.config import ConfigError, RunConfig, load_run_config
 from inversescope.flows.pipeline import (
     GPU_LIMIT,
     TASK_FLOWS,
@@ -66,7 +66,7 @@ def test_preset_plus_changes_is_the_cli_run(small):
     ],
 )
 def test_a_bad_value_fails_with_the_cli_message(config, overrides, cli):
-    from inversescope.flows.config import check_run
+    from inversescope.config import check_run
 
     with pytest.raises(ConfigError) as expected:
         check_run(load_run_config("ioi-tiny", cli))
@@ -195,7 +195,7 @@ def test_stages_wait_on_what_they_read_and_take_the_gpu_limit(
 
 
 def test_the_flow_fails_with_the_failing_stage_error(prefect_harness, small, tmp_path):
-    from inversescope.flows.errors import StageError
+    from inversescope.errors import StageError
 
     with pytest.raises(StageError, match="below target.min_accuracy"):
         task_flow("ioi")(overrides=[*small, "target.min_accuracy=1.0"], workdir=str(tmp_path))

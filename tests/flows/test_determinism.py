@@ -6,7 +6,7 @@ import types
 import pytest
 import torch
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage, seeded
 from inversescope.storage.artifacts import ArtifactStore
 
@@ -52,7 +52,7 @@ def test_killed_controls_resume_to_the_same_weights(small, tmp_path, monkeypatch
     part of the artifact."""
     import shutil
 
-    from inversescope.flows import stage_controls
+    from inversescope.core import pairs
 
     run = load_run_config("ioi-tiny", [*small, "controls.train.steps=20"])
     resumable = run.model_copy(
@@ -70,20 +70,19 @@ def test_killed_controls_resume_to_the_same_weights(small, tmp_path, monkeypatch
     for name in ("prior", "target", "extract", "backbone"):
         shutil.copytree(a / name, b / name)
 
-    real_next = stage_controls.ActivationBatches.__next__
+    real_next = pairs.ActivationBatches.__next__
     calls = {"train": 0}
 
     def dying_next(self):
-        if self.split == "train":
-            calls["train"] += 1
-            if calls["train"] > 13:
-                raise KeyboardInterrupt  # as a kill would stop it: nothing after runs
+        calls["train"] += 1  # the first four batches are the held-out ones
+        if calls["train"] > 4 + 13:
+            raise KeyboardInterrupt  # as a kill would stop it: nothing after runs
         return real_next(self)
 
-    monkeypatch.setattr(stage_controls.ActivationBatches, "__next__", dying_next)
+    monkeypatch.setattr(pairs.ActivationBatches, "__next__", dying_next)
     with pytest.raises(KeyboardInterrupt):
         run_stage("controls", resumable, b, keys)
-    monkeypatch.setattr(stage_controls.ActivationBatches, "__next__", real_next)
+    monkeypatch.setattr(pairs.ActivationBatches, "__next__", real_next)
     store = ArtifactStore(b)
     assert store.lookup("controls", keys["controls"]) is None
     assert (store.partial_path("controls", keys["controls"]) / "train-state.pt").exists()

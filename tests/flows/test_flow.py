@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.pipeline import flow_for
 from inversescope.flows.stage import STAGE_ORDER
 from inversescope.storage.activations import ActivationStore

@@ -5,8 +5,8 @@ the model hub (or a local copy of the model) exist: ``python -m pytest -m gpu``.
 import pytest
 import torch
 
+from inversescope.config import check_run, load_run_config
 from inversescope.core.models import pick_dtype
-from inversescope.flows.config import check_run, load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.artifacts import ArtifactStore

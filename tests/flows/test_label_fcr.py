@@ -5,11 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from inversescope.config import ConfigError, check_run, load_run_config
+from inversescope.errors import FeatureError
 from inversescope.flows.cli import main
-from inversescope.flows.config import ConfigError, check_run, load_run_config
-from inversescope.flows.errors import FeatureError
 from inversescope.flows.stage import STAGE_ORDER, run_keys, run_stage
-from inversescope.flows.stage_fcr import SCHEMA
+from inversescope.scoring import SCHEMA
 from inversescope.storage.artifacts import ArtifactStore
 from inversescope.storage.layout import RESULTS, read_labels, read_samples, read_split
 from inversescope.storage.queries import scan_results
@@ -76,7 +76,9 @@ def test_labels_and_results(workdir, small, user_features):
     assert dict(table.schema) == SCHEMA
     assert table.height == 3 * 6  # sites x features
     assert table.select(pl.struct("site", "feature").n_unique()).item() == table.height
-    refusal = samples.group_by("site").agg(r=1 - pl.col("accepted").mean())
+    # an independent count: samples at or past ε (an empty text has no distance: refused)
+    outside = pl.col("distance").is_nan() | (pl.col("distance") >= run.kernel.epsilon)
+    refusal = samples.group_by("site").agg(r=outside.mean())
     check = table.join(refusal, on="site")
     assert ((check["refusal_rate"] - check["r"]).abs() < 1e-12).all()
     assert table.filter(pl.col("site") == "L1H0")["head"].unique().to_list() == [0]
@@ -160,4 +162,4 @@ def test_cli_results_and_samples(workdir, small, user_features, capsys):
     out = capsys.readouterr().out
     assert "reference labels:" in out and "subject=" in out and "distance" in out
     assert main(["samples", str(workdir), "--site", "L9H9", "--example", "1"]) == 2
-    assert "no samples for site L9H9" in capsys.readouterr().err
+    assert "site 'L9H9' was not sampled in this run; accepted:" in capsys.readouterr().err

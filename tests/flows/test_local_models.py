@@ -17,8 +17,8 @@ from transformers import (
     LlamaForCausalLM,
 )
 
+from inversescope.config import check_run, load_run_config
 from inversescope.core.tokenizer import train_bpe_tokenizer
-from inversescope.flows.config import check_run, load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.keys import file_fingerprint

@@ -3,7 +3,7 @@
 import polars as pl
 from PIL import Image
 
-from inversescope.flows import plots
+from inversescope import plots
 
 
 def _results() -> pl.DataFrame:

@@ -4,10 +4,10 @@ tiny random model of the target's architecture (same depth and heads, small widt
 import pytest
 from transformers import Gemma2Config, GPT2Config, LlamaConfig
 
+from inversescope.config import ConfigError, check_run, load_run_config
 from inversescope.core.models import HUB_SHAPES
 from inversescope.core.sites import check_sites
 from inversescope.flows.cli import main
-from inversescope.flows.config import ConfigError, check_run, load_run_config
 from inversescope.tasks import preset_names
 
 CONFIGS = {"gpt2": GPT2Config, "llama": LlamaConfig, "gemma2": Gemma2Config}
@@ -65,7 +65,7 @@ def test_ioi_gpt2_is_the_paper_setup():
     assert run.backbone.name == "gpt2" and run.backbone.finetune == "full"
     assert (run.controls.generator.n_heads, run.controls.generator.d_head) == (32, 64)
     assert (run.controls.train.lr, run.controls.train.warmup) == (1e-5, 1000)
-    assert (run.kernel.kernel, run.kernel.epsilon, run.kernel.delta) == ("hard", 0.1, 0.1)
+    assert (run.kernel.shape, run.kernel.epsilon, run.kernel.delta) == ("hard", 0.1, 0.1)
     with pytest.raises(ConfigError, match="L12H0: layer 12 does not exist"):
         check_run(load_run_config("ioi-gpt2", ["extract.sites=[L12H0]"]))
 

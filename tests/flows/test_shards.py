@@ -3,7 +3,7 @@ one-process build writes (compared byte for byte), and a rerun skips what marker
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import commit_stage, plan_stage, run_keys, run_stage, run_stage_shard
 from inversescope.flows.stage_extract import plan_shards
 from inversescope.storage.activations import STORE
@@ -39,7 +39,7 @@ def test_plan_shards_are_chunk_aligned_and_cover_every_row():
 
 @pytest.mark.parametrize("n_shards", [3])
 def test_sharded_stages_equal_the_local_build(tmp_path, small, n_shards, artifact_files):
-    over = [*small, "sample.block_examples=2"]  # 3 references: two blocks per site
+    over = [*small, "sample.group_size=2"]  # 3 references: two blocks per site
     run = load_run_config("ioi-tiny", over)
     keys = run_keys(run)
     local, fanned = tmp_path / "local", tmp_path / "fanned"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
 

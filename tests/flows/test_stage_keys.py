@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys
 from inversescope.tasks import icl_features, ioi, ioi_features
 

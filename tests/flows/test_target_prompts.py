@@ -3,7 +3,7 @@
 import pytest
 from safetensors.torch import load_file
 
-from inversescope.flows.config import ConfigError, check_run, load_run_config
+from inversescope.config import ConfigError, check_run, load_run_config
 from inversescope.flows.stage import run_keys, run_stage
 from inversescope.storage.artifacts import ArtifactStore
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import STAGE_ORDER, run_keys
 from inversescope.storage.artifacts import ArtifactStore
 

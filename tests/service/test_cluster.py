@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inversescope.flows.config import ConfigError, load_run_config
+from inversescope.config import ConfigError, load_run_config
 from inversescope.flows.pipeline import STAGES_ARTIFACT
 from inversescope.flows.stage import STAGE_ORDER
 

@@ -139,7 +139,7 @@ def test_a_holder_notices_it_lost_the_lock(tmp_path):
 BUILD = textwrap.dedent(
     """
     import json, sys
-    from inversescope.flows.config import load_run_config
+    from inversescope.config import load_run_config
     from inversescope.flows.stage import run_stage
     run = load_run_config("ioi-tiny", ["prior.n_train=300", "prior.n_test=40"])
     print(json.dumps(run_stage("prior", run, sys.argv[1]).to_json()))

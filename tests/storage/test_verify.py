@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from inversescope.flows.config import load_run_config
+from inversescope.config import load_run_config
 from inversescope.flows.stage import run_stage
 from inversescope.storage.activations import STORE, ActivationStore, CorruptActivations
 from inversescope.storage.artifacts import MANIFEST, ArtifactStore

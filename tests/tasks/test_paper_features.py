@@ -5,11 +5,11 @@ one."""
 import polars as pl
 import pytest
 
+from inversescope.config import load_run_config
 from inversescope.core.config import FcrConfig
 from inversescope.core.labeller import LikelihoodLabeller
 from inversescope.core.tokenizer import train_bpe_tokenizer
-from inversescope.flows.config import load_run_config
-from inversescope.flows.stage_fcr import compute_results
+from inversescope.scoring import compute_results
 from inversescope.tasks import icl, icl_features, ioi, ioi_features
 from inversescope.tasks.features import FeatureContext, resolve_features
 

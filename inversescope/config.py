@@ -234,13 +234,14 @@ def load_run_config(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> R
 
 def target_dims(run: RunConfig) -> ModelDims:
     """The target's shape from its config alone (no weights): sizes, a local or hub config."""
-    from inversescope.core.architectures import dims_of  # transformers import, deferred
-
     target = run.target
     if target.source == "train":
         a = target.arch
         return ModelDims("gpt2", a.n_layer, a.n_head, a.d_model)
-    from transformers import AutoConfig  # deferred with dims_of above
+    # transformers deferred: a target trained here needs none of it
+    from transformers import AutoConfig
+
+    from inversescope.core.architectures import dims_of
 
     if target.source == "local":
         assert target.path is not None
@@ -296,7 +297,7 @@ def check_device(device: str) -> None:
 PROBE_INPUTS = 8
 
 
-def probe_features(run: RunConfig, specs: dict) -> None:
+def probe_features(run: RunConfig, specs: dict | None = None) -> None:
     """Call each of the user's features on a few prompts of the task's prior, before any stage
     runs: one that fails on more than ``label.max_error_share`` of them (it raises, or returns
     no label) fails the run now, not after hours of training. Samples are stranger than
@@ -304,6 +305,8 @@ def probe_features(run: RunConfig, specs: dict) -> None:
     from inversescope.tasks import PriorOptions
     from inversescope.tasks.features import apply_feature, first_failure
 
+    if specs is None:
+        specs = resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     user = [spec for name, spec in sorted(specs.items()) if name in run.features]
     if not user:
         return
@@ -324,8 +327,11 @@ def probe_features(run: RunConfig, specs: dict) -> None:
             )
 
 
-def check_run(run: RunConfig) -> None:
-    """Checks that need the target's shape but no weights: every site exists in the target."""
+def check_run(run: RunConfig, probe: bool = True) -> None:
+    """The run-level checks, in one place: those that need more than one section, the target's
+    shape (no weights) or the files a run names: every site exists in the target, data files
+    fit the task, features load, and (``probe``) the user's features work on a few prompts of
+    the prior. ``ConfigError`` names the bad value."""
     check_device(run.device)
     dims = target_dims(run)
     try:
@@ -342,7 +348,8 @@ def check_run(run: RunConfig) -> None:
         specs = resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    probe_features(run, specs)
+    if probe:
+        probe_features(run, specs)
     unknown = sorted(set(run.fcr.references) - set(specs))
     if unknown:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Errors of the stages (kept apart from the runner, so stage keys don't hash the runner)."""
+"""Errors a stage or the library raises for the user (kept apart from the runner, so stage keys
+do not hash it)."""
 
 
 class StageError(RuntimeError):

@@ -85,3 +85,28 @@ def refusal_histogram(per_site: dict[str, dict[str, float]], path: Path) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def fcr_against_epsilon(curve: pl.DataFrame, path: Path) -> None:
+    """FCR against the radius ε, averaged over sites, one line per feature, chance dotted (the
+    paper's FCR-against-distance curve), from ``Run.fcr_curve``'s table."""
+    mean = (
+        curve.group_by("feature", "epsilon")
+        .agg(pl.col("fcr").mean(), pl.col("chance").mean(), pl.col("refusal_rate").mean())
+        .sort("feature", "epsilon")
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for i, f in enumerate(sorted(mean["feature"].unique())):
+        part = mean.filter(pl.col("feature") == f)
+        color = f"C{i % 10}"
+        ax.plot(part["epsilon"], part["fcr"], marker="o", color=color, label=f)
+        ax.plot(part["epsilon"], part["chance"], linestyle=":", color=color)
+    ax.set_xlabel("ε (cosine distance)")
+    ax.set_ylabel("FCR (mean over sites)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("FCR against ε (dotted: chance)")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,99 @@
+"""Training pairs of the conditional generator: batches of (tokens of x_hat, z_hat + r, site).
+
+``ActivationBatches`` reads activations through a plain function, ``read(site, start, stop) ->
+(rows, d) float32``, one row chunk of every site at a time, in shuffled chunk order, and mixes
+sites in every batch. Its position (the generators, the chunk order, the pairs left in the
+current chunk) is checkpointable, so a resumed training sees exactly the batches an
+uninterrupted one would. Peak memory is one chunk of every site, whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from inversescope.core.lm_training import lm_batch
+
+ReadRows = Callable[[str, int, int], np.ndarray]
+
+
+class ActivationBatches:
+    """Endless batches ``{input_ids, attention_mask, labels, z (B, d), site_idx (B,)}``."""
+
+    def __init__(
+        self,
+        read: ReadRows,
+        n_rows: int,
+        chunk_rows: int,
+        sites: list[str],
+        texts: list[str],
+        tokenizer,
+        batch_size: int,
+        seed: int,
+        noise=None,
+    ):
+        if len(texts) != n_rows:
+            raise ValueError(f"{len(texts)} texts for {n_rows} activation rows")
+        self.read, self.sites, self.texts = read, sites, texts
+        self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise
+        self.rng = random.Random(seed)
+        self.step = chunk_rows
+        self.starts = list(range(0, n_rows, chunk_rows))
+        self.pos = len(self.starts)  # the first call starts an epoch
+        self.start = -1  # the row chunk now read (-1: none)
+        self.pairs: list[tuple[int, int]] = []  # (row in chunk, site index), shuffled
+        self.i = 0  # pairs already batched
+        self.chunk: np.ndarray | None = None  # (S, R, d): the chunk's rows at every site
+
+    def __iter__(self) -> ActivationBatches:
+        return self
+
+    def _read(self, start: int) -> None:
+        self.start = start
+        self.chunk = np.stack([self.read(s, start, start + self.step) for s in self.sites])
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        while self.i + self.batch_size > len(self.pairs):
+            if self.pos >= len(self.starts):
+                self.rng.shuffle(self.starts)
+                self.pos = 0
+            self._read(self.starts[self.pos])
+            self.pos += 1
+            n_rows = self.chunk.shape[1]  # type: ignore[union-attr]
+            self.pairs = [(r, s) for r in range(n_rows) for s in range(len(self.sites))]
+            self.rng.shuffle(self.pairs)
+            self.i = 0
+        assert self.chunk is not None
+        picked = self.pairs[self.i : self.i + self.batch_size]
+        self.i += self.batch_size
+        rows = [r for r, _ in picked]
+        site_idx = torch.tensor([s for _, s in picked])  # (B,)
+        z = torch.from_numpy(self.chunk[site_idx.numpy(), rows])  # (B, d)
+        if self.noise is not None:
+            z = z + self.noise(z)
+        batch = lm_batch(self.tokenizer, [self.texts[self.start + r] for r in rows])
+        return {**batch, "z": z, "site_idx": site_idx}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rng": self.rng.getstate(),
+            "starts": list(self.starts),
+            "pos": self.pos,
+            "start": self.start,
+            "pairs": list(self.pairs),
+            "i": self.i,
+            "noise": self.noise.state_dict() if self.noise is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.starts, self.pos = list(state["starts"]), state["pos"]
+        self.pairs, self.i = [tuple(p) for p in state["pairs"]], state["i"]
+        if state["start"] >= 0:
+            self._read(state["start"])
+        if self.noise is not None:
+            self.noise.load_state_dict(state["noise"])
