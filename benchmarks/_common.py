@@ -22,6 +22,15 @@ def rate_summary(rates: dict[str, float]) -> dict:
     }
 
 
+def sample_refusal_rates(store, run, sample_key: str) -> dict[str, float]:
+    """Per-site refusal rates of a sample artifact at the run's ε (samples carry distances;
+    acceptance is read downstream, as the fcr stage reads it)."""
+    from inversescope.scoring import refusal_rates
+    from inversescope.storage.layout import read_samples
+
+    return refusal_rates(read_samples(store.require("sample", sample_key)), run.kernel.epsilon)
+
+
 def best_of(fn: Callable[[], object], repeats: int) -> float:
     """Fastest of ``repeats`` wall-clock timings of ``fn()`` (seconds)."""
     best = float("inf")

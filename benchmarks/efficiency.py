@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from _common import rate_summary
+from _common import rate_summary, sample_refusal_rates
 
 from inversescope import plots
 from inversescope.config import load_run_config
@@ -34,7 +34,8 @@ UNTIL = ("prior", "target", "extract", "backbone", "controls", "sample")
 
 
 def sample_run(preset: str, overrides: list[str], workdir: str) -> dict:
-    """Run the stages up to ``sample``; return the sample manifest's metrics and stage times."""
+    """Run the stages up to ``sample``; return the sample manifest's metrics, the refusal rates
+    at the run's ε and the stage times."""
     run = load_run_config(preset, overrides)
     keys = run_keys(run, UNTIL)
     seconds = {}
@@ -42,8 +43,10 @@ def sample_run(preset: str, overrides: list[str], workdir: str) -> dict:
         result = run_stage(name, run, workdir, keys)
         manifest = ArtifactStore(workdir).require(name, result.key).manifest
         seconds[name] = manifest["seconds"]  # build time, also when cached now
-    metrics = ArtifactStore(workdir).require("sample", keys["sample"]).manifest["metrics"]
-    return {**metrics, "stage_seconds": seconds}
+    store = ArtifactStore(workdir)
+    metrics = store.require("sample", keys["sample"]).manifest["metrics"]
+    rates = sample_refusal_rates(store, run, keys["sample"])
+    return {**metrics, "refusal_rate_per_site": rates, "stage_seconds": seconds}
 
 
 def summary(metrics: dict) -> dict:

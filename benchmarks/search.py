@@ -27,7 +27,7 @@ import logging
 import time
 from pathlib import Path
 
-from _common import keys_with_upstream, rate_summary
+from _common import keys_with_upstream, rate_summary, sample_refusal_rates
 
 from inversescope.config import load_run_config
 from inversescope.flows.stage import run_keys, run_stage
@@ -50,7 +50,7 @@ def point(store: ArtifactStore, run, keys: dict[str, str], workdir: str) -> dict
     t0 = time.perf_counter()
     status = {n: run_stage(n, run, workdir, keys).status for n in WITH_FCR if n in keys}
     controls = store.require("controls", keys["controls"]).manifest
-    rates = store.require("sample", keys["sample"]).manifest["metrics"]["refusal_rate_per_site"]
+    rates = sample_refusal_rates(store, run, keys["sample"])
     metrics = controls["metrics"]
     return {
         **rate_summary(rates),

@@ -27,7 +27,7 @@ import logging
 import time
 from pathlib import Path
 
-from _common import keys_with_upstream, rate_summary, write_result
+from _common import keys_with_upstream, rate_summary, sample_refusal_rates, write_result
 
 from inversescope.config import RunConfig, load_run_config
 from inversescope.flows.stage import run_keys, run_stage
@@ -120,8 +120,7 @@ def main() -> None:
         t0 = time.perf_counter()
         status = {n: run_stage(n, runs[f], args.workdir, keys[f]).status for n in UNTIL}
         controls = store.require("controls", keys[f]["controls"]).manifest
-        sample = store.require("sample", keys[f]["sample"]).manifest["metrics"]
-        rates = sample["refusal_rate_per_site"]
+        rates = sample_refusal_rates(store, runs[f], keys[f]["sample"])
         result["forms"][f] = {
             **rate_summary(rates),
             "controls_seconds": controls["seconds"],

@@ -327,6 +327,35 @@ def probe_features(run: RunConfig, specs: dict | None = None) -> None:
             )
 
 
+POSITION_PROBE = 64
+
+
+def check_positions(run: RunConfig) -> None:
+    """A model trained here must hold its longest training text: at least one token per word,
+    plus the two end-of-text tokens around it, on a few prompts of the prior. (A bound from
+    below: the target stage still checks the exact length once its tokenizer exists.)"""
+    from inversescope.tasks import PriorOptions
+
+    sections = [(n, m) for n, m in (("target", run.target), ("backbone", run.backbone))
+                if m.source == "train"]  # fmt: skip
+    if not sections:
+        return
+    files = tuple(resolve_data_file(f) for f in run.prior.files)
+    try:
+        train, _ = load_task(run.task).generate_prior(
+            POSITION_PROBE, 1, run.seed, PriorOptions(files=files, max_tokens=run.prior.max_tokens)
+        )
+    except ValueError:  # too few prompts: the prior stage says so with its own message
+        return
+    words = max(len((r["text"] + r.get("answer", "")).split()) for r in train) + 2
+    for name, model in sections:
+        if model.arch.n_positions < words:
+            raise ConfigError(
+                f"{name}.arch.n_positions={model.arch.n_positions} is shorter than the prior's "
+                f"prompts (at least {words} tokens); raise it"
+            )
+
+
 def check_run(run: RunConfig, probe: bool = True) -> None:
     """The run-level checks, in one place: those that need more than one section, the target's
     shape (no weights) or the files a run names: every site exists in the target, data files
@@ -337,7 +366,7 @@ def check_run(run: RunConfig, probe: bool = True) -> None:
     try:
         check_sites(run.extract.sites, dims)
     except ValueError as e:
-        raise ConfigError(str(e)) from e
+        raise ConfigError(f"extract.sites: {e}") from e
     try:
         files = [resolve_data_file(f) for f in run.prior.files]
         check_files = getattr(load_task(run.task), "check_files", None)
@@ -348,6 +377,7 @@ def check_run(run: RunConfig, probe: bool = True) -> None:
         specs = resolve_features(run.task, run.features, has_labeller=run.labeller is not None)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    check_positions(run)
     if probe:
         probe_features(run, specs)
     unknown = sorted(set(run.fcr.references) - set(specs))

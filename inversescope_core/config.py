@@ -62,11 +62,14 @@ class PriorConfig(StageConfig):
 class TinyModelConfig(StageConfig):
     """Sizes of a small GPT-2-architecture model built from `GPT2Config`."""
 
-    n_layer: int = Field(4, gt=0, description="Transformer blocks.")
-    n_head: int = Field(4, gt=0, description="Attention heads per block.")
-    d_model: int = Field(128, gt=0, description="Residual stream width.")
-    n_positions: int = Field(64, gt=0, description="Longest sequence in tokens.")
-    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size of the local tokenizer.")
+    # bounded: a small model trained here on CPU; a hub or local model has no such bound
+    n_layer: int = Field(4, gt=0, le=48, description="Transformer blocks.")
+    n_head: int = Field(4, gt=0, le=64, description="Attention heads per block.")
+    d_model: int = Field(128, gt=0, le=4096, description="Residual stream width.")
+    n_positions: int = Field(64, gt=0, le=4096, description="Longest sequence in tokens.")
+    vocab_size: int = Field(
+        1024, ge=300, le=65536, description="BPE vocabulary size of the local tokenizer."
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> TinyModelConfig:

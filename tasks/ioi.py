@@ -153,10 +153,18 @@ def generate_prior(
 
     Returns two lists of row dicts; ``id`` is the row number within its split.
     """
+    check_files([], n_train + n_test)
+    return unique_splits(make_prompt, n_train, n_test, seed)
+
+
+def check_files(paths: list, needed: int | None = None) -> None:
+    """IOI reads no data files, and draws at most a quarter of its distinct prompts (beyond
+    that, drawing them without repeats slows to a crawl)."""
+    if paths:
+        raise ValueError(f"task ioi takes no prior.files, got {[str(p) for p in paths]}")
     capacity = len(TEMPLATES) * 2 * len(NAMES) * (len(NAMES) - 1) * len(PLACES) * len(OBJECTS)
-    if n_train + n_test > capacity // 4:
+    if needed is not None and needed > capacity // 4:
         raise ValueError(
-            f"ioi prior: n_train + n_test = {n_train + n_test} is too many distinct prompts; "
+            f"prior.n_train + prior.n_test = {needed} is too many distinct ioi prompts; "
             f"at most {capacity // 4} are accepted"
         )
-    return unique_splits(make_prompt, n_train, n_test, seed)
