@@ -21,8 +21,8 @@ from _common import best_of, write_result
 from inversescope.config import load_run_config
 from inversescope.core.extract import SiteReader
 from inversescope.core.models import pick_device
+from inversescope.extraction import extract_to_store
 from inversescope.flows.stage import run_keys, run_stage
-from inversescope.flows.stage_extract import extract_to_store
 from inversescope.storage.artifacts import ArtifactStore
 from inversescope.storage.layout import load_target, read_split, target_prefix
 from inversescope.tasks import task_renderer

@@ -1,31 +1,24 @@
-"""Stage ``sample``: for the first ``n_examples`` test prompts and each site,
-``samples_per_example`` samples conditioned on that prompt's activation z_hat, drawn with the
-method the controls checkpoint holds and measured by the target (``core.inversion.Inverter``):
-each sample's text and cosine distance to z_hat. Acceptance (distance < ε) is read downstream,
-so ε is in no key of this stage (except where the sampling method reads it: InversionView's
-noise).
-
-The work is cut into (site, group of ``group_size`` references) units, each with its own
-random streams seeded by (seed, site, group) and its own Parquet part, written atomically and
-then marked done: the samples depend neither on how units are grouped into shards (fan-out)
-nor on the order of resumption, and a killed run redoes only the units without a marker. The
-manifest lists the parts; readers never glob.
+"""Stage ``sample``: ``samples_per_example`` samples for each of the first ``n_examples`` test
+prompts at each site, with their cosine distance to the prompt's activation
+(``inversescope.sampling``). Acceptance (distance < ε) is read downstream: ε is in no key of
+this stage, except where the method reads it (InversionView's noise). Work comes in (site,
+group) units, each with its own random stream and Parquet part, written atomically and then
+marked done, so a killed run redoes only the units without a marker; the manifest lists the
+parts, readers never glob.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import polars as pl
 
+from inversescope import sampling
 from inversescope.storage import layout, shards
 from inversescope.storage.activations import ActivationStore
 from inversescope.storage.tables import write_parquet_atomic
-from inversescope.tasks import task_renderer
 
 if TYPE_CHECKING:
     from inversescope.config import RunConfig
@@ -36,7 +29,12 @@ log = logging.getLogger(__name__)
 NAME = "sample"
 INPUTS: tuple[str, ...] = ("extract", "target", "backbone", "controls")
 RESUMABLE = True
-CODE: tuple[str, ...] = ("inversescope.core.methods",)  # layout.load_controls runs it
+# layout.load_controls and the Inverter run these (imported inside functions below them)
+CODE: tuple[str, ...] = (
+    "inversescope.core.methods",
+    "inversescope.core.inversion",
+    "inversescope.core.models",
+)
 
 
 def config_of(run: RunConfig) -> dict[str, Any]:
@@ -48,63 +46,20 @@ def config_of(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def group_seed(seed: int, site: str, group: int) -> int:
-    """The seed of one (site, group) unit: its samples depend on nothing else."""
-    key = f"{seed}/{site}/{group}".encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
-
-
-def units(run: RunConfig) -> list[tuple[str, int]]:
-    """Every (site, group) unit of a run, in site order then group order."""
-    n_groups = -(-run.sample.n_examples // run.sample.group_size)
-    return [(site, group) for site in run.sample_sites for group in range(n_groups)]
-
-
-def load_inverter(ctx: StageContext):
-    """The backbone, the trained controls and the target of the stage's inputs, loaded once."""
-    # torch deferred: computing keys must not import it
-    from inversescope.core.inversion import Inverter
-    from inversescope.core.models import pick_device, pick_dtype
-
-    run, target = ctx.run, ctx.inputs["target"]
-    device = pick_device(run.device)
-    backbone, tokenizer = layout.load_backbone(ctx.inputs["backbone"], device)
-    method, model = layout.load_controls(ctx.inputs["controls"], backbone)
-    target_model, target_tok = layout.load_target(target, device, pick_dtype(run.dtype, device))
-    render = task_renderer(run.task, target_tok, layout.target_prefix(target))
-    return Inverter(
-        method, model, backbone, tokenizer, target_model, target_tok, render,
-        run.extract.batch_size,
-    )  # fmt: skip
-
-
 def run_unit(ctx: StageContext, inverter, site: str, group: int, progress=None) -> dict:
     """Draw and measure one unit's samples; write its part, then its marker."""
-    run, s = ctx.run, ctx.run.sample
-    per = s.samples_per_example
+    s = ctx.run.sample
     first = group * s.group_size
     last = min(first + s.group_size, s.n_examples)
     z_ref = ActivationStore(ctx.inputs["extract"].path).read("test", site, first, last)
-    example = np.repeat(np.arange(first, last), per)  # (examples * per,)
-    on_batch = progress.update if progress is not None else None
     t0 = time.perf_counter()
-    texts, dist = inverter.sample(
-        z_ref[example - first], site, s, run.kernel, group_seed(run.seed, site, group), on_batch
-    )
-    df = pl.DataFrame(
-        {
-            "site": [site] * len(texts),
-            "example_id": example.astype(np.int64),
-            "sample_idx": np.tile(np.arange(per), last - first).astype(np.int64),
-            "text": texts,
-            "distance": dist,
-        }
-    )
+    on_batch = progress.update if progress is not None else None
+    df = sampling.sample_group(inverter, ctx.run, site, group, z_ref, on_batch)
     part = layout.sample_part(ctx.out, site, group)
     part.parent.mkdir(parents=True, exist_ok=True)
     write_parquet_atomic(df, part)
-    seconds = round(time.perf_counter() - t0, 3)
-    info = {"site": site, "group": group, "samples": len(texts), "seconds": seconds}
+    info = {"site": site, "group": group, "samples": df.height,
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     shards.mark_done(ctx.out, _unit_id(site, group), info)
     return info
 
@@ -114,7 +69,7 @@ def _unit_id(site: str, group: int) -> str:
 
 
 def _todo(ctx: StageContext) -> list[tuple[str, int]]:
-    return [u for u in units(ctx.run) if not shards.is_done(ctx.out, _unit_id(*u))]
+    return [u for u in sampling.units(ctx.run) if not shards.is_done(ctx.out, _unit_id(*u))]
 
 
 def _run_all(ctx: StageContext, todo: list[tuple[str, int]], label: str) -> None:
@@ -123,7 +78,8 @@ def _run_all(ctx: StageContext, todo: list[tuple[str, int]], label: str) -> None
     s = ctx.run.sample
     n = sum(min(s.group_size, s.n_examples - g * s.group_size) for _, g in todo)
     progress = Progress(label, n * s.samples_per_example, "samples")
-    inverter = load_inverter(ctx)
+    i = ctx.inputs
+    inverter = sampling.load_inverter(ctx.run, i["backbone"], i["controls"], i["target"])
     for site, group in todo:
         run_unit(ctx, inverter, site, group, progress)
 
@@ -151,7 +107,7 @@ def run_shard(ctx: StageContext, shard: dict) -> dict[str, Any]:
 
 def build(ctx: StageContext) -> dict[str, Any]:
     todo = _todo(ctx)
-    all_units = units(ctx.run)
+    all_units = sampling.units(ctx.run)
     if len(todo) < len(all_units):
         log.info(
             "sample: resuming, %d of %d units already done",
@@ -165,7 +121,7 @@ def build(ctx: StageContext) -> dict[str, Any]:
 
 def finish(ctx: StageContext) -> dict[str, Any]:
     """Check every unit's marker, then the manifest's metrics (the parts in reading order)."""
-    all_units = units(ctx.run)
+    all_units = sampling.units(ctx.run)
     left = [u for u in all_units if not shards.is_done(ctx.out, _unit_id(*u))]
     if left:
         raise RuntimeError(f"sample: {len(left)} (site, group) units are not done, e.g. {left[0]}")

@@ -280,19 +280,11 @@ class Run:
     def generator(self, device: str | None = None) -> Inverter:
         """The trained generator and the target (``core.inversion.Inverter``), loaded once."""
         if self._inverter is None:
-            from inversescope.core.inversion import Inverter
-            from inversescope.core.models import pick_device, pick_dtype
-            from inversescope.tasks import task_renderer
+            from inversescope.sampling import load_inverter
 
-            run = self.config
-            dev = pick_device(device or run.device)
-            target = self.artifacts["target"]
-            backbone, tok = layout.load_backbone(self.artifacts["backbone"], dev)
-            method, model = layout.load_controls(self.artifacts["controls"], backbone)
-            tgt, tgt_tok = layout.load_target(target, dev, pick_dtype(run.dtype, dev))
-            render = task_renderer(run.task, tgt_tok, layout.target_prefix(target))
-            self._inverter = Inverter(
-                method, model, backbone, tok, tgt, tgt_tok, render, run.extract.batch_size
+            a = self.artifacts
+            self._inverter = load_inverter(
+                self.config, a["backbone"], a["controls"], a["target"], device
             )
         return self._inverter
 

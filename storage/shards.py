@@ -56,3 +56,47 @@ def spread(n_units: int, n_shards: int) -> list[range]:
         out.append(range(start, stop))
         start = stop
     return [r for r in out if len(r)]
+
+
+# --- chunk-aligned row ranges (extract) -----------------------------------------------
+def row_ranges(rows: dict[str, int], chunk_rows: int, n_shards: int | None) -> list[dict]:
+    """Row ranges aligned to chunks, never across splits: one chunk each (``n_shards`` None) or
+    about ``n_shards`` ranges of whole chunks."""
+    chunks = [(split, start) for split, n in rows.items() for start in range(0, n, chunk_rows)]
+    groups = (
+        [[c] for c in chunks]
+        if n_shards is None
+        else [chunks[r.start : r.stop] for r in spread(len(chunks), n_shards)]
+    )
+    out = []
+    for group in groups:
+        for split in dict.fromkeys(s for s, _ in group):  # a group may straddle two splits
+            starts = [start for s, start in group if s == split]
+            stop = min(starts[-1] + chunk_rows, rows[split])
+            out.append(
+                {
+                    "id": f"{split}-{starts[0]:010d}",
+                    "split": split,
+                    "start": starts[0],
+                    "stop": stop,
+                }
+            )
+    return out
+
+
+def _covered(out: Path, chunk_rows: int) -> set[tuple[str, int]]:
+    """(split, chunk start) of every chunk a done-marker covers."""
+    done = set()
+    for info in read_markers(out).values():
+        done.update((info["split"], s) for s in range(info["start"], info["stop"], chunk_rows))
+    return done
+
+
+def ranges_todo(out: Path, shard_list: list[dict], chunk_rows: int) -> list[dict]:
+    """The shards some of whose chunks no marker covers (markers of any earlier plan count)."""
+    done = _covered(out, chunk_rows)
+    return [
+        s
+        for s in shard_list
+        if any((s["split"], c) not in done for c in range(s["start"], s["stop"], chunk_rows))
+    ]

@@ -6,7 +6,7 @@ import torch
 
 from inversescope.core.config import ExtractConfig
 from inversescope.core.extract import SiteReader
-from inversescope.flows.stage_extract import extract_to_store
+from inversescope.extraction import extract_to_store
 from inversescope.storage.activations import ActivationStore
 from inversescope.tasks import ioi
 

@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = {"flows": "flows", "storage": "storage", "tasks": "tasks", "inversescope_core": "core"}
+PUBLIC_FACE = tuple(
+    f"inversescope.{p.stem}" for p in (ROOT / "inversescope").glob("*.py") if p.stem != "__init__"
+)
 
 
 def _imports(path: Path) -> set[str]:
@@ -49,10 +52,13 @@ def test_no_stage_imports_another_stage(path):
                 "prefect",
                 "zarr",
                 "polars",
+                *PUBLIC_FACE,
             ),
         ),
-        ("storage", ("inversescope.flows", "prefect")),
-        ("tasks", ("inversescope.flows", "inversescope.storage", "prefect")),
+        ("storage", ("inversescope.flows", "prefect", *PUBLIC_FACE)),
+        ("tasks", ("inversescope.flows", "inversescope.storage", "prefect", *PUBLIC_FACE)),
+        # the API and the library it shares with the stages: never Prefect
+        ("inversescope", ("inversescope.flows", "prefect")),
     ],
 )
 def test_nothing_imports_upward(folder, forbidden):

@@ -5,7 +5,7 @@ import pytest
 
 from inversescope.config import load_run_config
 from inversescope.flows.stage import commit_stage, plan_stage, run_keys, run_stage, run_stage_shard
-from inversescope.flows.stage_extract import plan_shards
+from inversescope.storage import shards
 from inversescope.storage.activations import STORE
 from inversescope.storage.layout import read_samples
 
@@ -22,14 +22,14 @@ def sharded(name, run, workdir, keys, n_shards, reverse=True):
 
 def test_plan_shards_are_chunk_aligned_and_cover_every_row():
     rows = {"train": 70, "test": 20}
-    one_each = plan_shards(rows, 16, None)
+    one_each = shards.row_ranges(rows, 16, None)
     assert [(s["split"], s["start"], s["stop"]) for s in one_each][:2] == [
         ("train", 0, 16),
         ("train", 16, 32),
     ]
     assert len(one_each) == 5 + 2
     for n in (1, 2, 3, 7, 50):
-        plan = plan_shards(rows, 16, n)
+        plan = shards.row_ranges(rows, 16, n)
         assert all(s["start"] % 16 == 0 for s in plan)
         for split, total in rows.items():
             covered = sorted((s["start"], s["stop"]) for s in plan if s["split"] == split)

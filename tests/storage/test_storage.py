@@ -9,12 +9,17 @@ from inversescope.storage.keys import code_hash, module_closure, stage_key
 def test_module_closure_follows_project_imports():
     names = [n for n, _ in module_closure("inversescope.flows.stage_extract")]
     assert "inversescope.flows.stage_extract" in names
-    assert "inversescope.core.extract" in names  # imported inside a function
+    assert "inversescope.extraction" in names
     assert "inversescope.storage.activations" in names
     assert "inversescope.storage.layout" in names  # readers of other stages' artifacts
     assert not any(n.startswith("inversescope.flows.stage_t") for n in names)  # no other stage
     assert not any(n.startswith("inversescope.tasks.ioi") for n in names)
     assert "inversescope.flows.pipeline" not in names  # prefect wiring is not stage code
+    # a root's imports inside functions count: the fcr stage draws its plots
+    assert "inversescope.plots" in [n for n, _ in module_closure("inversescope.flows.stage_fcr")]
+    # a lower module's do not: storage.layout loads core.methods only to read a checkpoint
+    prior = [n for n, _ in module_closure("inversescope.flows.stage_prior")]
+    assert "inversescope.storage.layout" in prior and "inversescope.core.methods" not in prior
 
 
 def test_key_changes_with_config_inputs_and_code(tmp_path):
