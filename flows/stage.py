@@ -43,6 +43,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "sample",
     "label",
     "fcr",
+    "hypotheses",
 )
 
 
