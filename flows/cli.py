@@ -5,6 +5,7 @@
   serve / deploy          schedule the pipeline from a Prefect server's UI (one machine / a pool)
   presets                 the shipped presets, their sites and sizes
   results / samples       the FCR table and a site's samples of the latest run of a workdir
+  hypotheses WORKDIR      each site's candidate features ranked against chance (q < 0.05)
   verify / gc             check every artifact of a workdir / remove partial and unused ones
 
 In Python: ``import inversescope; run = inversescope.open("runs")`` (README: quick start).
@@ -108,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--all", action="store_true", help="every run under WORKDIR, by run_key")
     res.add_argument("--feature", default=None, help="only this feature")
     res.add_argument("--top", type=int, default=None, help="top N sites per feature by FCR")
+    hyp = sub.add_parser(
+        "hypotheses",
+        help="print each site's top hypotheses (candidate features ranked against chance, "
+        "q below the run's alpha) of the latest run under WORKDIR",
+    )
+    hyp.add_argument("workdir")
+    hyp.add_argument("--site", default=None, help="only this site")
+    hyp.add_argument("--top", type=int, default=3, help="hypotheses per site (default: 3)")
     smp = sub.add_parser("samples", help="print samples of a site and reference example")
     smp.add_argument("workdir")
     smp.add_argument("--site", required=True)
@@ -200,6 +209,44 @@ def _cmd_results(args: argparse.Namespace) -> int:
         lf = lf.group_by(["run_key", "feature"], maintain_order=True).head(args.top)
     cols = [*(["run_key"] if args.all else []), "method", *RESULT_COLUMNS]
     _print_frame(lf.select(cols).collect())
+    return 0
+
+
+HYPOTHESIS_COLUMNS = ["site", "rank", "candidate", "fcr", "chance", "normalised_lift", "q_value"]
+
+
+def _cmd_hypotheses(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from inversescope.core.sites import parse_site
+    from inversescope.storage.layout import read_hypotheses
+    from inversescope.storage.queries import latest, top_hypotheses
+
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}: expected a positive number of hypotheses per site")
+    try:
+        path, manifest = latest(args.workdir, "hypotheses")
+        table = read_hypotheses(path)
+        if args.site is not None:
+            site = parse_site(args.site).name
+            if site not in set(table["site"]):
+                known = ", ".join(table["site"].unique(maintain_order=True))
+                raise ConfigError(f"site {site!r} was not scored; accepted: {known}")
+            table = table.filter(pl.col("site") == site)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    alpha = manifest["config"]["hypotheses"]["alpha"]
+    top = top_hypotheses(table, args.top)
+    print(
+        f"top {args.top} hypotheses per site of {manifest['metrics']['candidates']} candidates "
+        f"(q < {alpha}, FCR above chance, by normalised lift); {path}"
+    )
+    if top.height:
+        _print_frame(top.select(HYPOTHESIS_COLUMNS))
+    sites = table["site"].unique(maintain_order=True).to_list()
+    none = [s for s in sites if s not in set(top["site"])]
+    if none:
+        print(f"no hypothesis at q < {alpha}: {', '.join(none)}")
     return 0
 
 
@@ -391,6 +438,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "\nNext: explore it in Python (`run = inversescope.open("
             f"{str(args.workdir)!r})`, README: Python quick start)."
         )
+    if "hypotheses" in out["stages"]:
+        print(f"\nhypotheses per site: inversescope hypotheses {workdir}")
     return 0
 
 
@@ -407,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_results(args)
         if args.command == "samples":
             return _cmd_samples(args)
+        if args.command == "hypotheses":
+            return _cmd_hypotheses(args)
         if args.command == "verify":
             return _cmd_verify(args)
         if args.command == "gc":

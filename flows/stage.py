@@ -44,6 +44,7 @@ STAGE_ORDER: tuple[str, ...] = (
     "sample",
     "label",
     "fcr",
+    "hypotheses",
 )
 
 

@@ -34,6 +34,7 @@ from inversescope.core.config import (
     TargetConfig,
     control_block_indices,
 )
+from inversescope.core.hypotheses import HypothesesConfig
 from inversescope.core.sites import ModelDims, check_sites
 from inversescope.tasks import (
     load_task,
@@ -129,6 +130,9 @@ class RunConfig(BaseModel):
     )
     label: LabelConfig = Field(default_factory=LabelConfig, description="Stage label.")
     fcr: FcrConfig = Field(default_factory=FcrConfig, description="Stage fcr.")
+    hypotheses: HypothesesConfig = Field(
+        default_factory=HypothesesConfig, description="Stage hypotheses."
+    )
     runner: RunnerConfig = Field(
         default_factory=RunnerConfig, description="Where stages run: here, or on Dask."
     )

@@ -13,6 +13,7 @@ sample/<key>/     samples/<site>/<group>.parquet, listed in the manifest's metri
 label/<key>/      labels.parquet, reference.parquet
 label/features/   per-feature label cache;  label/labeller.sqlite: the labeller's memo
 fcr/<key>/        results.parquet and plots
+hypotheses/<key>/ hypotheses.parquet
 ```
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from inversescope.core.config import TargetConfig
+from inversescope.core.sites import parse_site
 from inversescope.core.threads import TORCH_STATE
 from inversescope.storage.artifacts import MANIFEST, Artifact, write_json_atomic
 from inversescope.storage.tables import write_parquet_atomic
@@ -39,6 +41,7 @@ SAMPLES_DIR = "samples"
 LABELS = "labels.parquet"
 REFERENCE = "reference.parquet"
 RESULTS = "results.parquet"
+HYPOTHESES = "hypotheses.parquet"
 FEATURE_CACHE = "features"
 LABELLER_CACHE = "labeller.sqlite"
 TRAIN_CHECKPOINT = "train-state.pt"
@@ -119,6 +122,18 @@ def load_target(target: Artifact, device: str = "cpu", dtype=None):
         path=record["path"],
     )
     return source.load(device, dtype)
+
+
+def load_target_tokenizer(target: Artifact):
+    """The target's tokenizer alone (no weights), wherever it lives."""
+    record = target_record(target)
+    if record["source"] == "train":
+        return load_saved_tokenizer(target)
+    from inversescope.core.models import load_tokenizer  # transformers: deferred as above
+
+    if record["source"] == "local":
+        return load_tokenizer(record["path"])
+    return load_tokenizer(record["name"], record["revision"])
 
 
 def target_model_config(target: Artifact):
@@ -230,6 +245,57 @@ def labeller_cache_path(workdir: Path) -> Path:
 
 def results_path(fcr: Artifact | Path) -> Path:
     return _root(fcr) / RESULTS
+
+
+def hypotheses_path(hypotheses: Artifact | Path) -> Path:
+    """Every candidate feature scored on every site (one row per site and candidate)."""
+    return _root(hypotheses) / HYPOTHESES
+
+
+HYPOTHESES_SCHEMA = {
+    "preset": pl.String,
+    "task": pl.String,
+    "method": pl.String,
+    "run_key": pl.String,
+    "site": pl.String,
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "candidate": pl.String,
+    "family": pl.String,
+    "weighting": pl.String,
+    "epsilon": pl.Float64,
+    "fcr": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "chance": pl.Float64,
+    "lift": pl.Float64,
+    "normalised_lift": pl.Float64,
+    "null_fcr": pl.Float64,
+    "n_examples": pl.Int64,
+    "n_samples": pl.Int64,
+    "p_value": pl.Float64,
+    "q_value": pl.Float64,
+    "n_permutations": pl.Int64,
+    "status": pl.String,
+    "alias_of": pl.String,
+    "rank": pl.Int64,
+}
+_UNTESTED = ("normalised_lift", "null_fcr", "p_value", "q_value")  # null where not tested
+
+
+def write_hypotheses(out: Path, rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """``hypotheses.parquet`` from one dict per (site, candidate) (layer and head are filled in
+    from the site; NaN where a pair was not tested becomes null); returns the table."""
+    sites = {r["site"]: parse_site(r["site"]) for r in rows}
+    rows = [{**r, "layer": sites[r["site"]].layer, "head": sites[r["site"]].head} for r in rows]
+    table = pl.DataFrame(rows, schema=HYPOTHESES_SCHEMA)
+    table = table.with_columns(pl.col(_UNTESTED).fill_nan(None))
+    write_parquet_atomic(table, hypotheses_path(out))
+    return table
+
+
+def read_hypotheses(hypotheses: Artifact | Path) -> pl.DataFrame:
+    return pl.read_parquet(hypotheses_path(hypotheses))
 
 
 def heads_plot_path(out: Path, feature: str) -> Path:

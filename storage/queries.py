@@ -7,6 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
+from inversescope.core.sites import parse_site
 from inversescope.storage import layout
 from inversescope.storage.artifacts import ArtifactStore
 
@@ -28,6 +29,28 @@ def scan_results(*workdirs: str | Path) -> pl.LazyFrame:
     if not files:
         raise FileNotFoundError(f"no fcr results under {', '.join(map(str, workdirs))}")
     return pl.scan_parquet(files)
+
+
+def scan_hypotheses(*workdirs: str | Path) -> pl.LazyFrame:
+    """Every committed hypotheses table under the working directories, as one LazyFrame (one
+    row per run, site and candidate; see README for the columns)."""
+    files = [
+        str(layout.hypotheses_path(path))
+        for wd in workdirs
+        for path, _ in _manifests(wd, "hypotheses")
+    ]
+    if not files:
+        raise FileNotFoundError(f"no hypotheses under {', '.join(map(str, workdirs))}")
+    return pl.scan_parquet(files)
+
+
+def top_hypotheses(table: pl.DataFrame | pl.LazyFrame, n: int) -> pl.DataFrame:
+    """The per-site summary: each site's ``n`` best hypotheses (ranked: q below the run's
+    alpha, by normalised lift), sites in layer and head order."""
+    top = table.lazy().filter(pl.col("rank") <= n).collect()
+    sites = sorted(top["site"].unique(), key=lambda s: parse_site(s).sort_key)
+    position = pl.col("site").replace_strict({s: i for i, s in enumerate(sites)}, default=None)
+    return top.sort(position, "rank")
 
 
 def latest(workdir: str | Path, stage: str) -> tuple[Path, dict]:

@@ -10,9 +10,10 @@ lock: not a problem).
 
 ``collect_garbage`` removes the partial directories of dead runs, committed directories without
 a valid manifest, and committed artifacts that no kept ``fcr`` result reaches through the
-manifests' ``inputs``. It takes each artifact's lock before removing it, so a build in progress
-is never touched; while any build is in progress it removes no committed artifact at all (it
-cannot tell which ones that build reads).
+manifests' ``inputs`` (a ``hypotheses`` table is kept with the fcr result it reads). It takes
+each artifact's lock before removing it, so a build in progress is never touched; while any
+build is in progress it removes no committed artifact at all (it cannot tell which ones that
+build reads).
 
 Parquet files are written with page checksums (``storage.tables``) and read back with their
 verification on, so a flipped byte in a data page is found; a flip in the footer's statistics
@@ -329,8 +330,9 @@ def collect_garbage(
     workdir: Path | str, keep: int | None = None, dry_run: bool = False
 ) -> GcReport:
     """Remove dead partial builds, directories without a valid manifest and the artifacts no
-    kept fcr result reaches. ``keep``: the newest ``keep`` fcr artifacts (by manifest
-    ``created``) are kept, ``None`` keeps every one. A workdir without any fcr result keeps its
+    kept fcr result reaches (a hypotheses table is kept with the fcr result it reads).
+    ``keep``: the newest ``keep`` fcr artifacts (by manifest ``created``) are kept, ``None``
+    keeps every one. A workdir without any fcr result keeps its
     committed artifacts. The label stage's caches are always kept (their files are not named
     in the label manifests)."""
     if keep is not None and keep < 1:
@@ -356,6 +358,13 @@ def collect_garbage(
     kept_results = results if keep is None else results[:keep]
     report.kept_results = [k for _, k in kept_results]
     keep_set = reachable(kept_results, manifests)
+    # a hypotheses table ranks beside the fcr result it reads: kept with it
+    keep_set |= {
+        k
+        for k in manifests
+        if k[0] == "hypotheses"
+        and ("fcr", str((manifests[k].get("inputs") or {}).get("fcr"))) in keep_set
+    }
     busy = [e.path for e in entries if e.kind == "lock" and _live_lock(e.path)]
 
     for entry in entries:

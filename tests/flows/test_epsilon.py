@@ -17,7 +17,7 @@ def test_another_epsilon_reruns_only_what_reads_acceptance(small_run, small, tmp
     run = load_run_config("ioi-tiny", [*small, "kernel.epsilon=0.3"])
     keys = run_keys(run)
     status = {name: run_stage(name, run, workdir, keys).status for name in keys}
-    assert {n for n, s in status.items() if s == "ran"} == {"fcr"}
+    assert {n for n, s in status.items() if s == "ran"} == {"fcr", "hypotheses"}
     got = pl.read_parquet(results_path(workdir / "fcr" / keys["fcr"]))
     fresh_dir = tmp_path / "fresh"
     fresh = {name: run_stage(name, run, fresh_dir, keys) for name in keys}

@@ -89,7 +89,7 @@ def _keys_after_editing(module: str, run, tmp_path: Path, monkeypatch) -> dict[s
             keys.module_closure.cache_clear()
 
 
-DOWNSTREAM_OF_CONTROLS = {"controls", "sample", "label", "fcr"}
+DOWNSTREAM_OF_CONTROLS = {"controls", "sample", "label", "fcr", "hypotheses"}
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ DOWNSTREAM_OF_CONTROLS = {"controls", "sample", "label", "fcr"}
             "inversescope.core.lm_training",
             {"target", "extract", "backbone", *DOWNSTREAM_OF_CONTROLS},
         ),  # fmt: skip
-        ("inversescope.scoring", {"fcr"}),
+        ("inversescope.scoring", {"fcr", "hypotheses"}),  # hypotheses reads the fcr artifact
         ("inversescope.storage.verify", set()),
         ("inversescope.flows.cli", set()),
         ("inversescope.flows.deploy", set()),
