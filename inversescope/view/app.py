@@ -23,6 +23,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
 from inversescope.view.errors import ViewError
+from inversescope.view.rows import visible
 from inversescope.view.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,6 @@ def num(value, digits: int = 3) -> str:
 
 def pct(value) -> str:
     return "–" if value is None or math.isnan(value) else f"{100 * value:.1f} %"
-
-
-_CONTROL = {c: 0x2400 + c for c in range(0x20)} | {0x7F: 0x2421}
-
-
-def visible(text: str | None) -> str:
-    """``text`` with control characters as their Unicode pictures (a sample is any decoded
-    token sequence: a raw tab or escape byte would vanish or break the page's layout)."""
-    return "" if text is None else text.translate(_CONTROL)
 
 
 def _templates() -> Jinja2Templates:

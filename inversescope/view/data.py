@@ -5,7 +5,6 @@ references) are read once and kept (a committed artifact never changes)."""
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -49,6 +48,7 @@ class RunData:
         self.epsilon = run.epsilon
         self.n_examples = run.config.sample.n_examples
         self.model_lock = threading.Lock()  # one sampling at a time on the run's models
+        self.memo: dict[str, object] = {}  # drawn plots: they depend on committed files only
         self._sample_root = run.artifacts["sample"].path
         self._parts = layout.sample_parts(run.artifacts["sample"])
 
@@ -242,12 +242,6 @@ def attach_labels(
     )
     df = df.join(refs, on="example_id", how="left", maintain_order="left")
     return with_accepted(df, epsilon)
-
-
-def bar_scale(rows: Sequence[dict], epsilon: float) -> float:
-    """The distance a full distance bar stands for on a page: its largest, at least 2 ε."""
-    found = [r["distance"] for r in rows if r.get("distance") is not None]
-    return max([2 * epsilon] + [d for d in found if not math.isnan(d)])
 
 
 def site_parts(root: Path, parts: list[str], site: str) -> list[Path]:

@@ -11,8 +11,8 @@ import polars as pl
 from fastapi import APIRouter, Request
 
 from inversescope.view.app import render
-from inversescope.view.data import bar_scale
 from inversescope.view.errors import OutOfBounds, Unreadable, first_line
+from inversescope.view.rows import bar_scale, sample_rows
 
 router = APIRouter()
 
@@ -77,4 +77,5 @@ def invert_page(
         "features": features,
     }
     scale = bar_scale(result["samples"], run.epsilon)
+    result["samples"] = sample_rows(result["samples"], features, scale)
     return render(request, "invert.html", run=run, form=form, result=result, scale=scale)

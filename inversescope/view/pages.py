@@ -97,19 +97,25 @@ def _sorted_table(run: RunData, sort: str, desc: bool, feature: str | None) -> p
     return df.sort([sort, "site", "feature"], descending=[desc, False, False], nulls_last=True)
 
 
+def overview_maps(run: RunData):
+    """(FCR heat map per feature, refusal heat map) of a run, drawn once per server."""
+    if "overview" not in run.memo:
+        maps = {
+            f: svg.site_grid(fcr_cells(run.results, run.key, f), f"FCR {f}", "FCR")
+            for f in run.features
+        }
+        cells = refusal_cells(run.results, run.key)
+        run.memo["overview"] = maps, svg.site_grid(cells, "refusal rate", "refusal", svg.REDS)
+    return run.memo["overview"]
+
+
 @router.get("/run/{key}")
 def run_page(
     request: Request, key: str, sort: str = "fcr", desc: bool = True, feature: str | None = None
 ):
     run = _run(request, key)
     table = _sorted_table(run, sort, desc, feature)
-    maps = {
-        f: svg.site_grid(fcr_cells(run.results, run.key, f), f"FCR {f}", "FCR")
-        for f in run.features
-    }
-    refusal = svg.site_grid(
-        refusal_cells(run.results, run.key), "refusal rate", "refusal", svg.REDS
-    )
+    maps, refusal = overview_maps(run)
     return render(
         request,
         "run.html",

@@ -21,15 +21,16 @@ from fastapi import APIRouter, Request
 
 from inversescope.scoring import KEY
 from inversescope.view.app import render, url
-from inversescope.view.data import RunData, bar_scale, guarded
+from inversescope.view.data import RunData, guarded
 from inversescope.view.errors import OutOfBounds
+from inversescope.view.rows import bar_scale, sample_rows
 
 router = APIRouter()
 
 PER_PAGE = 50
 MAX_QUERY_CHARS = 200
 SITES_PER_BLOCK = 16
-BUDGET_SECONDS = 0.15
+BUDGET_SECONDS = 0.1
 """Scan time after which a search page shows what it found and offers to go on."""
 RELATIONS: tuple[str, ...] = ("any", "same", "differs", "undefined", "is")
 
@@ -158,6 +159,8 @@ def search_page(
     mid = run.sites[len(run.sites) // 2]
     example = dict(site=mid, accepted="yes", feature=run.features[0], relation="differs")
     rows = run.with_labels(found.rows).to_dicts() if found and found.rows.height else []
+    scale = bar_scale(rows, run.epsilon)
+    rows = sample_rows(rows, run.features, scale)
     return render(
         request,
         "search.html",
@@ -172,5 +175,5 @@ def search_page(
         example_url=url(base, **example),
         relations=RELATIONS,
         n_sites=1 if query.site else len(run.sites),
-        scale=bar_scale(rows, run.epsilon),
+        scale=scale,
     )

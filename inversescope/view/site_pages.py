@@ -14,8 +14,9 @@ from fastapi.responses import RedirectResponse
 from inversescope.storage import layout
 from inversescope.view import svg
 from inversescope.view.app import render, url
-from inversescope.view.data import RunData, attach_labels, bar_scale, guarded, site_parts
+from inversescope.view.data import RunData, attach_labels, guarded, site_parts
 from inversescope.view.errors import OutOfBounds
+from inversescope.view.rows import bar_scale, sample_rows
 
 router = APIRouter()
 
@@ -28,11 +29,13 @@ def _run(request: Request, key: str) -> RunData:
     return request.app.state.workdir.run(key)
 
 
-def reference_view(run: RunData, example: int, samples: pl.DataFrame) -> dict:
+def reference_view(run: RunData, example: int, samples: pl.DataFrame, scale: float) -> dict:
     """One reference as the pages show it: text cut at the read token, labels, samples."""
     ref = run.reference(example)
     before, token, after = run.read_token(ref["text"])
-    rows = samples.filter(pl.col("example_id") == example).to_dicts()
+    rows = sample_rows(
+        samples.filter(pl.col("example_id") == example).to_dicts(), run.features, scale
+    )
     return {
         "example_id": example,
         "before": before,
@@ -67,6 +70,7 @@ def site_page(
     else:
         examples = list(range((page - 1) * per, min(page * per, run.n_examples)))
     samples = run.samples(site, examples)
+    scale = bar_scale(samples.select("distance").to_dicts(), run.epsilon)
     distances = run.distances(site)
     fcr = run.results.filter(pl.col("site") == site).sort("feature").to_dicts()
     i = run.sites.index(site)
@@ -79,8 +83,8 @@ def site_page(
         page=page,
         per=per,
         pages=pages,
-        refs=[reference_view(run, e, samples) for e in examples],
-        scale=bar_scale(samples.to_dicts(), run.epsilon),
+        refs=[reference_view(run, e, samples, scale) for e in examples],
+        scale=scale,
         hist=svg.histogram(distances, run.epsilon),
         fbars=svg.feature_bars(fcr),
         fcr=fcr,
@@ -138,8 +142,10 @@ def methods_page(request: Request, key: str, site: str | None = None, example: i
     by_method[run.config.controls.method] = next(a for a in found if a.key == own)
     order = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
     columns = [_method_column(request, run, by_method[m], site, example) for m in order]
-    ref = reference_view(run, example, pl.DataFrame(schema={"example_id": pl.Int64}))
     scale = bar_scale([s for c in columns for s in c.get("samples", [])], run.epsilon)
+    for c in columns:
+        c["samples"] = sample_rows(c.get("samples", []), [], scale)
+    ref = reference_view(run, example, pl.DataFrame(schema={"example_id": pl.Int64}), scale)
     return render(
         request,
         "methods.html",

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from markupsafe import escape
 
 from inversescope.view import create_app
-from inversescope.view.app import visible
+from inversescope.view.rows import visible
 
 
 def shown(text: str) -> str:
