@@ -68,8 +68,9 @@ def create_app(workdir: str | Path, torch_threads: int | None = 1) -> FastAPI:
     """The view of ``workdir``: its runs are opened on first use and kept for the app's life
     (and with them the models, for the invert page). ``torch_threads``: torch's CPU threads
     for the invert page (None: torch's default). One thread samples fastest on a CPU shared
-    with other work: ioi-tiny's 32 samples took 0.5 s on one thread and 5 to 15 s on two
-    while other processes loaded the machine's 2 cores."""
+    with other work: 32 samples of ioi-tiny's models took 0.2 to 0.5 s on one thread and 2 to
+    7 s on two while other processes loaded this machine's 2 cores.
+    """
     from inversescope.view import invert, pages, search, site_pages
 
     app = FastAPI(title="InverseScope view", docs_url=None, redoc_url=None, openapi_url=None)
