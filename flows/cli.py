@@ -6,6 +6,7 @@
   presets                 the shipped presets, their sites and sizes
   results / samples       the FCR table and a site's samples of the latest run of a workdir
   hypotheses WORKDIR      each site's candidate features ranked against chance (q < 0.05)
+  view [WORKDIR]          browse the runs of a workdir in a web browser (127.0.0.1 by default)
   verify / gc             check every artifact of a workdir / remove partial and unused ones
 
 In Python: ``import inversescope; run = inversescope.open("runs")`` (README: quick start).
@@ -122,6 +123,28 @@ def _parser() -> argparse.ArgumentParser:
     smp.add_argument("--site", required=True)
     smp.add_argument("--example", type=int, required=True, help="prior test id of the reference")
     smp.add_argument("--limit", type=int, default=20)
+    view = sub.add_parser(
+        "view",
+        help="serve a web view of the runs under WORKDIR: FCR maps, sites and their samples, "
+        "search, and sampling for a typed prompt",
+    )
+    view.add_argument(
+        "workdir", nargs="?", default="runs", help="artifact directory (default: runs)"
+    )
+    view.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 serves the "
+        "results to anyone who can reach the port)",
+    )
+    view.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: a free one)")
+    view.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads for sampling on the invert page (default 1: fastest on a CPU "
+        "shared with other work; 0: torch's default)",
+    )
     ver = sub.add_parser(
         "verify",
         help="read every artifact under WORKDIR back (manifests, Zarr checksums, Parquet, "
@@ -275,6 +298,25 @@ def _existing_workdir(workdir: str) -> Path:
     if not path.is_dir():
         raise ConfigError(f"workdir {workdir!r} is not a directory; name an artifact directory")
     return path
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from inversescope.view.server import serve
+
+    workdir = _existing_workdir(args.workdir)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected 0 to 65535 (0: a free port)")
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: expected 1 or more (0: torch's default)")
+    try:
+        serve(workdir.resolve(), args.host, args.port, args.threads or None)
+    except OSError as e:  # address in use, or not an address of this machine
+        raise ConfigError(
+            f"--host {args.host} --port {args.port}: cannot listen there ({e})"
+        ) from e
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -435,7 +477,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         )
         print(
-            "\nNext: explore it in Python (`run = inversescope.open("
+            f"\nBrowse it: inversescope view {args.workdir}\n"
+            "Or explore it in Python (`run = inversescope.open("
             f"{str(args.workdir)!r})`, README: Python quick start)."
         )
     if "hypotheses" in out["stages"]:
@@ -454,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_deploy(args)
         if args.command == "results":
             return _cmd_results(args)
+        if args.command == "view":
+            return _cmd_view(args)
         if args.command == "samples":
             return _cmd_samples(args)
         if args.command == "hypotheses":

@@ -133,19 +133,23 @@ def _submit_stages(run: RunConfig, workdir: str, names: tuple[str, ...]) -> dict
     for done in as_completed([*futures.values(), *shard_futures]):
         done.result()  # the failing stage finishes before its dependents: its error comes first
     results = {name: fut.result() for name, fut in futures.items()}
-    _report(results)
+    _report(results, workdir)
     return {"stages": results}
 
 
-def _report(results: dict[str, Any]) -> None:
-    """A table artifact of the stages (status, key, path, seconds) on the flow run's page."""
+def _report(results: dict[str, Any], workdir: str) -> None:
+    """A table artifact of the stages (status, key, path, seconds) on the flow run's page;
+    once the fcr stage is there, its description names the command that browses the run."""
     from prefect.artifacts import create_table_artifact
 
     rows = [{"stage": n, **r} for n, r in results.items()]
     statuses = {r["status"] for r in results.values()}
     summary = "stages: " + ", ".join(f"{n} {r['status']}" for n, r in results.items())
     get_run_logger().info("%s%s", summary, " (all cached)" if statuses == {"cached"} else "")
-    create_table_artifact(rows, key=STAGES_ARTIFACT, description=summary)
+    description = summary
+    if "fcr" in results:
+        description += f". Browse the results: `inversescope view {workdir}`"
+    create_table_artifact(rows, key=STAGES_ARTIFACT, description=description)
 
 
 @flow(name="inversescope-stages-dask", log_prints=False)

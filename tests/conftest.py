@@ -140,3 +140,10 @@ def small_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("small-run") / "runs"
     run, results = build_small_run(workdir)
     return workdir, run, results
+
+
+@pytest.fixture(scope="session")
+def build_run():
+    """``build_small_run`` for fixtures of other folders (their own conftest shadows this
+    module's name)."""
+    return build_small_run

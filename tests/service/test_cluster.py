@@ -60,6 +60,7 @@ def _stages(api: str, run_id: str) -> list[dict]:
     body = {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": [STAGES_ARTIFACT]}}}
     arts = httpx.post(f"{api}/artifacts/filter", json=body, timeout=30).json()
     assert len(arts) == 1, arts
+    assert "inversescope view " in arts[0]["description"]  # where the results are browsed
     data = arts[0]["data"]
     return json.loads(data) if isinstance(data, str) else data
 
