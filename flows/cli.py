@@ -476,13 +476,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 RESULT_COLUMNS
             )
         )
+        if "hypotheses" in out["stages"]:
+            print(f"\nhypotheses per site: inversescope hypotheses {args.workdir}")
         print(
             f"\nBrowse it: inversescope view {args.workdir}\n"
             "Or explore it in Python (`run = inversescope.open("
             f"{str(args.workdir)!r})`, README: Python quick start)."
         )
-    if "hypotheses" in out["stages"]:
-        print(f"\nhypotheses per site: inversescope hypotheses {workdir}")
     return 0
 
 
