@@ -1,6 +1,5 @@
 """Command line: ``inversescope run PRESET_OR_YAML [--workdir DIR] [--until STAGE] [--set k=v]
-[--json]``, ``inversescope presets``, and the readers of a workdir (results, hypotheses,
-samples, verify, gc)."""
+[--json]`` and ``inversescope presets``."""
 
 from __future__ import annotations
 
@@ -421,8 +420,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 RESULT_COLUMNS
             )
         )
-    if "hypotheses" in out["stages"]:
-        print(f"\nhypotheses per site: inversescope hypotheses {workdir}")
     return 0
 
 
