@@ -48,7 +48,7 @@ class Search:
 @dataclass
 class Found:
     rows: pl.DataFrame
-    searched: list[str]  # the sites this page read
+    searched: list[str]  # the sites this page covers (the last one perhaps in part)
     next_site: str | None  # where the next page starts (None: nothing left)
     next_skip: int  # matches of next_site this and earlier pages showed
 
@@ -84,29 +84,28 @@ def search(run: RunData, q: Search, start: str | None, skip: int, limit: int) ->
     """Up to ``limit`` matches from site ``start`` on (its first ``skip`` matches shown
     already), reading blocks of sites until the page is full or the time budget is spent."""
     sites = [q.site] if q.site else run.sites
-    i = sites.index(start) if start else 0
+    first = i = sites.index(start) if start else 0
     t0 = time.perf_counter()
-    pages, searched = [], []
+    pages = []
     while i < len(sites):
         block = sites[i : i + SITES_PER_BLOCK]
         want = limit - sum(p.height for p in pages)
         got = guarded(
             "the samples", run.workdir, _matches(run, q, block).head(skip + want + 1).collect
         )
-        searched += block
         shown = got.slice(skip, want)
         pages.append(shown)
         if got.height > skip + want:  # the page is full and more follow
             nxt = got["site"][skip + want]
             before = got.head(skip + want)["site"]
-            rows = pl.concat(pages)
-            return Found(rows, searched, nxt, int((before == nxt).sum()))
+            covered = sites[first : sites.index(nxt) + 1]
+            return Found(pl.concat(pages), covered, nxt, int((before == nxt).sum()))
         i += len(block)
         skip = 0
         if time.perf_counter() - t0 > BUDGET_SECONDS:
             break
     rows = pl.concat(pages) if pages else pl.DataFrame()
-    return Found(rows, searched, sites[i] if i < len(sites) else None, 0)
+    return Found(rows, sites[first:i], sites[i] if i < len(sites) else None, 0)
 
 
 @router.get("/run/{key}/search")
@@ -168,6 +167,7 @@ def search_page(
         params=params,
         found=found,
         rows=rows,
+        per=PER_PAGE,
         first_url=url(base, **params) if start else None,
         next_url=url(base, **params, start=found.next_site, skip=found.next_skip or None)
         if found and found.next_site
