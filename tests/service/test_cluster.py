@@ -97,7 +97,7 @@ def test_deploy_then_runs_from_the_ui(cluster, small):
     for s in stages:
         assert Path(s["path"]).parent.parent == cluster.workdir
         assert (Path(s["path"]) / "manifest.json").is_file()
-    fcr = Path(stages[-1]["path"])
+    fcr = Path(next(s["path"] for s in stages if s["stage"] == "fcr"))
     assert (fcr / "results.parquet").is_file()
     manifest = json.loads((fcr / "manifest.json").read_text())
     assert manifest["run"]["fcr"]["n_bootstrap"] == 50  # the changed field reached the run
