@@ -53,7 +53,12 @@ RESULT_COLUMNS = [
 
 def _add_config_args(parser: argparse.ArgumentParser, config_help: str) -> None:
     parser.add_argument("config", help=config_help)
-    parser.add_argument("--workdir", default="runs", help="artifact directory (default: runs)")
+    parser.add_argument(
+        "--workdir",
+        default="runs",
+        help="artifact directory, or a bucket URL s3://BUCKET/PREFIX (also gs://, az://; "
+        "credentials and endpoint from the standard AWS_* variables) (default: runs)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -187,7 +192,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from inversescope.flows.pipeline import deployment
 
-    serve(deployment(run, str(Path(args.workdir).resolve())))
+    serve(deployment(run, _absolute(args.workdir)))
     return 0
 
 
@@ -201,7 +206,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     out = deploy(
         run,
         pool=args.pool,
-        workdir=str(Path(args.workdir).resolve()),
+        workdir=_absolute(args.workdir),
         name=args.name,
         image=args.image,
         gpu_slots=args.gpu_slots,
@@ -219,7 +224,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     try:
         lf = scan_results(args.workdir)
         if not args.all:
-            lf = lf.filter(pl.col("run_key") == latest(args.workdir, "fcr")[0].name)
+            lf = lf.filter(pl.col("run_key") == latest(args.workdir, "fcr")[1]["key"])
     except FileNotFoundError as e:
         raise ConfigError(str(e)) from e
     if args.feature:
@@ -291,8 +296,17 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def _existing_workdir(workdir: str) -> Path:
-    path = Path(workdir)
+def _existing_workdir(workdir: str):
+    """The workdir of ``verify``/``gc``: a directory, or a bucket prefix holding artifacts."""
+    from inversescope.storage.files import is_remote, location
+
+    path = _location(workdir)
+    if is_remote(path):
+        _reach(path, workdir)
+        if not path.is_dir():
+            raise ConfigError(f"workdir {workdir!r} holds no objects; name an artifact prefix")
+        return path
+    path = location(workdir)
     if not path.exists():
         raise ConfigError(f"workdir {workdir!r} does not exist; name an artifact directory")
     if not path.is_dir():
@@ -408,9 +422,43 @@ def _human(n: float) -> str:
     return f"{n:.1f} PB"
 
 
-def _checked_workdir(workdir: str) -> Path:
-    """The artifact directory, absolute; a path that is a file, or a directory this process
-    cannot write, is the user's error."""
+def _location(workdir: str):
+    from inversescope.storage.files import location
+
+    try:
+        return location(workdir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _reach(path, workdir: str) -> None:
+    """One request to a bucket workdir: a missing bucket, bad credentials or an unreachable
+    endpoint is the user's to fix (one line, secrets redacted)."""
+    from inversescope.storage.buckets import probe
+
+    try:
+        probe(path)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir!r} cannot be reached: {e}") from None
+
+
+def _absolute(workdir: str) -> str:
+    """What every worker of a deployment reads: a bucket URL as given, a path made absolute."""
+    from inversescope.storage.files import is_remote
+
+    path = _location(workdir)
+    return str(path) if is_remote(path) else str(Path(workdir).resolve())
+
+
+def _checked_workdir(workdir: str):
+    """The artifact directory, absolute, or a bucket prefix that answers; a path that is a
+    file, or a directory this process cannot write, is the user's error."""
+    from inversescope.storage.files import is_remote
+
+    remote = _location(workdir)
+    if is_remote(remote):
+        _reach(remote, workdir)
+        return remote
     path = Path(workdir).resolve()
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--workdir {workdir!r} is a file; name a directory (created if absent)")
@@ -462,11 +510,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for name, r in out["stages"].items():
         print(f"{name:8s} {r['status']:6s} {r['seconds']:8.1f}s  {r['path']}")
     if "fcr" in out["stages"]:
-        import polars as pl
+        from inversescope.storage.layout import read_results
 
-        from inversescope.storage.layout import results_path
-
-        results = pl.read_parquet(results_path(Path(out["stages"]["fcr"]["path"])))
+        results = read_results(out["stages"]["fcr"]["path"])
         print(
             f"\nFCR ({run.controls.method}, {run.fcr.weighting} weighting, "
             f"eps={run.kernel.epsilon}); plots in {out['stages']['fcr']['path']}"

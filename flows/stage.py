@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from inversescope.core.faults import fault_point
 from inversescope.core.threads import TORCH_STATE
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
+from inversescope.storage.files import Where
 from inversescope.storage.keys import code_hash, stage_key
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def stages_until(until: str | None) -> tuple[str, ...]:
 
 
 def cached_results(
-    workdir: Path | str, keys: dict[str, str], names: tuple[str, ...]
+    workdir: Where | str, keys: dict[str, str], names: tuple[str, ...]
 ) -> dict[str, StageResult] | None:
     """Every stage of ``names`` as committed already, or None when any has yet to be built."""
     store = ArtifactStore(workdir)
@@ -86,9 +87,9 @@ class StageContext:
 
     run: RunConfig
     inputs: dict[str, Artifact]  # upstream stage name -> its committed artifact
-    out: Path  # the partial directory to write (renamed into place on commit)
+    out: Where  # the partial directory (or bucket build) to write; committed by the manifest
     key: str  # this artifact's cache key
-    workdir: Path
+    workdir: Where  # a local directory or a bucket prefix (storage.files)
 
 
 class Stage(Protocol):
@@ -245,7 +246,7 @@ def _commit(
 
 
 def run_stage(
-    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str] | None = None
+    name: str, run: RunConfig, workdir: Where | str, keys: dict[str, str] | None = None
 ) -> StageResult:
     """Return the cached artifact of ``name`` or build and commit it. ``keys`` (from
     ``run_keys``) fixes the keys of this stage and its inputs; without it they are computed now."""
@@ -284,7 +285,7 @@ def is_sharded(name: str) -> bool:
 
 
 def plan_stage(
-    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], n_shards: int
+    name: str, run: RunConfig, workdir: Where | str, keys: dict[str, str], n_shards: int
 ) -> dict[str, Any]:
     """Fan-out step 1: ``{"cached": StageResult json}`` when the artifact exists, else prepare
     the partial directory (a sharded stage is resumable) and return ``{"shards": [...]}``, the
@@ -306,7 +307,7 @@ def plan_stage(
 
 
 def run_stage_shard(
-    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], shard: dict[str, Any]
+    name: str, run: RunConfig, workdir: Where | str, keys: dict[str, str], shard: dict[str, Any]
 ) -> dict[str, Any]:
     """Fan-out step 2, in any process or host that sees the workdir: one shard, under a lock of
     its own (two runs never write one shard at once; the second finds it done)."""
@@ -326,7 +327,7 @@ def run_stage_shard(
 
 
 def commit_stage(
-    name: str, run: RunConfig, workdir: Path | str, keys: dict[str, str], started: float
+    name: str, run: RunConfig, workdir: Where | str, keys: dict[str, str], started: float
 ) -> StageResult:
     """Fan-out step 3: check every shard's marker and commit the manifest (or find the artifact
     another run committed meanwhile)."""

@@ -8,13 +8,13 @@ README.md. This stage is the first to read ε: acceptance is decided here.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from inversescope.scoring import compute_results, refusal_summary
 from inversescope.storage import layout
+from inversescope.storage.files import Where
 from inversescope.storage.tables import write_parquet_atomic
 
 if TYPE_CHECKING:
@@ -55,13 +55,16 @@ def build(ctx: StageContext) -> dict[str, Any]:
     return {"rows": results.height, "top_sites": top, **refusal_summary(rates)}
 
 
-def draw_plots(results: pl.DataFrame, out: Path, method: str) -> None:
+def draw_plots(results: pl.DataFrame, out: Where, method: str) -> None:
     from inversescope import plots  # matplotlib: deferred, computing keys must not load it
 
     for f in sorted(results["feature"].unique()):
         if results.filter((pl.col("feature") == f) & pl.col("head").is_not_null()).height:
-            plots.fcr_heatmap(results, f, layout.heads_plot_path(out, f))
+            with layout.writing(layout.heads_plot_path(out, f)) as path:
+                plots.fcr_heatmap(results, f, path)
     if results.filter(pl.col("head").is_null()).height:
-        plots.fcr_per_layer(results, layout.layers_plot_path(out))
+        with layout.writing(layout.layers_plot_path(out)) as path:
+            plots.fcr_per_layer(results, path)
     per_site = results.unique("site").select("site", "refusal_rate")
-    plots.refusal_histogram({method: dict(per_site.iter_rows())}, layout.refusal_plot_path(out))
+    with layout.writing(layout.refusal_plot_path(out)) as path:
+        plots.refusal_histogram({method: dict(per_site.iter_rows())}, path)

@@ -18,7 +18,6 @@ import polars as pl
 from inversescope import sampling
 from inversescope.storage import layout, shards
 from inversescope.storage.activations import ActivationStore
-from inversescope.storage.tables import write_parquet_atomic
 
 if TYPE_CHECKING:
     from inversescope.config import RunConfig
@@ -55,9 +54,7 @@ def run_unit(ctx: StageContext, inverter, site: str, group: int, progress=None) 
     t0 = time.perf_counter()
     on_batch = progress.update if progress is not None else None
     df = sampling.sample_group(inverter, ctx.run, site, group, z_ref, on_batch)
-    part = layout.sample_part(ctx.out, site, group)
-    part.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(df, part)
+    layout.write_sample_part(ctx.out, site, group, df)
     info = {"site": site, "group": group, "samples": df.height,
             "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
     shards.mark_done(ctx.out, _unit_id(site, group), info)
@@ -69,7 +66,8 @@ def _unit_id(site: str, group: int) -> str:
 
 
 def _todo(ctx: StageContext) -> list[tuple[str, int]]:
-    return [u for u in sampling.units(ctx.run) if not shards.is_done(ctx.out, _unit_id(*u))]
+    done = shards.done_ids(ctx.out)
+    return [u for u in sampling.units(ctx.run) if _unit_id(*u) not in done]
 
 
 def _run_all(ctx: StageContext, todo: list[tuple[str, int]], label: str) -> None:
@@ -99,7 +97,8 @@ def plan(ctx: StageContext, n_shards: int | None) -> list[dict]:
 def run_shard(ctx: StageContext, shard: dict) -> dict[str, Any]:
     """One shard's units, in whatever process runs it (models load once for them)."""
     todo = [(site, group) for site, group in shard["units"]]
-    todo = [u for u in todo if not shards.is_done(ctx.out, _unit_id(*u))]
+    done = shards.done_ids(ctx.out)
+    todo = [u for u in todo if _unit_id(*u) not in done]
     if todo:
         _run_all(ctx, todo, f"sample[{shard['id']}]")
     return {"id": shard["id"], "units": len(todo)}
@@ -122,7 +121,8 @@ def build(ctx: StageContext) -> dict[str, Any]:
 def finish(ctx: StageContext) -> dict[str, Any]:
     """Check every unit's marker, then the manifest's metrics (the parts in reading order)."""
     all_units = sampling.units(ctx.run)
-    left = [u for u in all_units if not shards.is_done(ctx.out, _unit_id(*u))]
+    done = shards.done_ids(ctx.out)
+    left = [u for u in all_units if _unit_id(*u) not in done]
     if left:
         raise RuntimeError(f"sample: {len(left)} (site, group) units are not done, e.g. {left[0]}")
     parts = [layout.sample_part_name(site, group) for site, group in all_units]

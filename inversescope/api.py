@@ -14,7 +14,6 @@ label cache and FCR code as the ``label`` and ``fcr`` stages.
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -27,7 +26,8 @@ from inversescope import labelling, scoring
 from inversescope.config import RunConfig
 from inversescope.core.sites import parse_site
 from inversescope.storage import layout
-from inversescope.storage.artifacts import MANIFEST, Artifact, ArtifactStore
+from inversescope.storage.artifacts import Artifact, ArtifactStore
+from inversescope.storage.files import Where, location
 from inversescope.tasks.features import resolve_features
 
 if TYPE_CHECKING:
@@ -50,14 +50,10 @@ RUNS_SCHEMA = {
 }
 
 
-def _fcr_manifests(workdir: Path) -> list[dict[str, Any]]:
-    """Every committed fcr artifact's manifest (a complete run), oldest first."""
-    found = []
-    for path in sorted(Path(workdir).glob("fcr/*/" + MANIFEST)):
-        try:
-            found.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError):
-            continue  # not committed, or corrupt: `inversescope verify` names it
+def _fcr_manifests(workdir: Where) -> list[dict[str, Any]]:
+    """Every committed fcr artifact's manifest (a complete run), oldest first (one that is
+    not committed, or corrupt, is left out: `inversescope verify` names it)."""
+    found = [a.manifest for a in ArtifactStore(workdir).committed("fcr")]
     return sorted(found, key=lambda m: m.get("created", ""))
 
 
@@ -65,7 +61,7 @@ def runs(workdir: str | Path = "runs") -> pl.DataFrame:
     """One row per complete run in ``workdir``, oldest first: its key (of its fcr artifact),
     preset, task, method, seed, ε, when it was made, and its mean and worst refusal rate."""
     rows = []
-    for m in _fcr_manifests(Path(workdir)):
+    for m in _fcr_manifests(location(workdir)):
         run, metrics = m.get("run", {}), m.get("metrics", {})
         worst = metrics.get("refusal_rate_worst_site") or [None, None]
         rows.append(
@@ -87,8 +83,9 @@ def runs(workdir: str | Path = "runs") -> pl.DataFrame:
 
 def open(workdir: str | Path = "runs", preset: str | None = None, key: str | None = None) -> Run:  # noqa: A001
     """The latest complete run of ``workdir`` (one whose fcr stage committed), or the latest of
-    ``preset``, or the run whose key starts with ``key``."""
-    workdir = Path(workdir)
+    ``preset``, or the run whose key starts with ``key``. ``workdir``: a directory or a bucket
+    URL (``s3://bucket/prefix``)."""
+    workdir = location(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"workdir {str(workdir)!r} does not exist or is no directory")
     found = _fcr_manifests(workdir)
@@ -113,7 +110,7 @@ class Run:
     """One complete run: its config, its artifacts, and what can be computed from them."""
 
     def __init__(self, workdir: str | Path, key: str):
-        self.workdir = Path(workdir)
+        self.workdir = location(workdir)
         self.key = key
         self.store = ArtifactStore(self.workdir)
         self.artifacts: dict[str, Artifact] = {}
@@ -150,7 +147,7 @@ class Run:
 
     def results(self) -> pl.DataFrame:
         """The fcr stage's table: one row per (site, feature) (README: the columns)."""
-        return pl.read_parquet(layout.results_path(self.artifacts["fcr"]))
+        return layout.read_results(self.artifacts["fcr"])
 
     @cached_property
     def _samples(self) -> pl.DataFrame:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inversescope.storage import shards
 from inversescope.storage.activations import STORE, ActivationStore, RegionWriter, create_store
+from inversescope.storage.files import Where, tree_size
 
 if TYPE_CHECKING:
     from inversescope.core.config import ExtractConfig
@@ -32,7 +32,7 @@ class Extractor:
         self.reader = SiteReader(model, tokenizer, cfg.sites, render=render)
         self.cfg, self.texts = cfg, texts
 
-    def run(self, out: Path, shard: dict, progress=None) -> dict[str, Any]:
+    def run(self, out: Where, shard: dict, progress=None) -> dict[str, Any]:
         """Read the shard's rows chunk by chunk into the store, then mark the shard done."""
         cfg, split = self.cfg, shard["split"]
         writer = RegionWriter(out, split, cfg.sites)
@@ -57,7 +57,7 @@ class Extractor:
         return info
 
 
-def create(out: Path, cfg: ExtractConfig, rows: dict[str, int], d_model: int, attrs: dict):
+def create(out: Where, cfg: ExtractConfig, rows: dict[str, int], d_model: int, attrs: dict):
     create_store(
         out,
         rows,
@@ -68,7 +68,7 @@ def create(out: Path, cfg: ExtractConfig, rows: dict[str, int], d_model: int, at
     )
 
 
-def run_all(extractor: Extractor, out: Path, shard_list: list[dict], cfg, on_chunk=None):
+def run_all(extractor: Extractor, out: Where, shard_list: list[dict], cfg, on_chunk=None):
     # progress deferred: computing keys must not import torch
     from inversescope.core.progress import Progress
 
@@ -81,12 +81,12 @@ def run_all(extractor: Extractor, out: Path, shard_list: list[dict], cfg, on_chu
             on_chunk(shard["split"], shard["stop"])
 
 
-def store_metrics(out: Path, cfg, rows: dict[str, int]) -> dict[str, Any]:
+def store_metrics(out: Where, cfg, rows: dict[str, int]) -> dict[str, Any]:
     markers = shards.read_markers(out)
     seconds = sum(m["seconds"] for m in markers.values())
     total = sum(rows.values())
     d = ActivationStore(out).array(next(iter(rows)), cfg.sites[0]).shape[1]
-    store_bytes = sum(f.stat().st_size for f in (out / STORE).rglob("*") if f.is_file())
+    store_bytes = tree_size(out / STORE)
     raw_bytes = total * len(cfg.sites) * d * np.dtype(cfg.dtype).itemsize
     return {
         "rows": rows,
@@ -105,7 +105,7 @@ def extract_to_store(
     tokenizer,
     texts: dict[str, list[str]],
     cfg,
-    out: Path,
+    out: Where,
     model_ref: str,
     on_chunk=None,
     render=None,

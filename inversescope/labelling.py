@@ -25,8 +25,9 @@ import polars as pl
 
 from inversescope.errors import FeatureError
 from inversescope.storage import layout
+from inversescope.storage.files import Where
 from inversescope.storage.keys import code_hash, file_fingerprint, source_fingerprint, stage_key
-from inversescope.storage.tables import write_parquet_atomic
+from inversescope.storage.tables import read_parquet, write_parquet_atomic
 from inversescope.tasks.features import (
     FeatureSpec,
     apply_feature,
@@ -97,17 +98,17 @@ def feature_key(feature: Feature, input_keys: dict[str, str]) -> str:
     )  # fmt: skip
 
 
-def cache_path(workdir: Path, feature: Feature, input_keys: dict[str, str]) -> Path:
+def cache_path(workdir: Where, feature: Feature, input_keys: dict[str, str]) -> Where:
     key = feature_key(feature, input_keys)
     return layout.feature_cache_dir(workdir) / f"{feature.name}-{key}.parquet"
 
 
-def cached(workdir: Path, feature: Feature, input_keys: dict[str, str]) -> bool:
+def cached(workdir: Where, feature: Feature, input_keys: dict[str, str]) -> bool:
     return cache_path(workdir, feature, input_keys).exists()
 
 
 def label_texts(
-    workdir: Path,
+    workdir: Where,
     feature: Feature,
     texts: list[str],
     input_keys: dict[str, str],
@@ -119,7 +120,7 @@ def label_texts(
     feature fails on more than ``max_error_share`` of the texts; nothing is cached then."""
     path = cache_path(workdir, feature, input_keys)
     if path.exists():
-        labels = pl.read_parquet(path)
+        labels = read_parquet(path)
         return labels.select("text", "label"), {
             "reused": True,
             **labels.select(pl.col("errors").first()).row(0, named=True),
@@ -214,7 +215,7 @@ def labeller_factory(run: RunConfig, target: Artifact, cache_path: Path):
     return factory
 
 
-def feature_context(run: RunConfig, prior: Artifact, target: Artifact, workdir: Path):
+def feature_context(run: RunConfig, prior: Artifact, target: Artifact, workdir: Where):
     """What a batch feature sees: the prior's rows, the task's data files, the labeller."""
     from inversescope.tasks import resolve_data_file
     from inversescope.tasks.features import FeatureContext
@@ -228,7 +229,7 @@ def feature_context(run: RunConfig, prior: Artifact, target: Artifact, workdir: 
 
 
 def feature_context_once(
-    run: RunConfig, prior: Artifact, target: Artifact, workdir: Path
+    run: RunConfig, prior: Artifact, target: Artifact, workdir: Where
 ) -> Callable[[], FeatureContext]:
     """``feature_context``, built on the first call (the first batch feature that needs it)."""
     built: list[FeatureContext] = []

@@ -109,12 +109,12 @@ def train_causal_lm(
     evaluate: Callable[[PreTrainedModel], dict[str, float]] | None = None,
     should_stop: Callable[[dict[str, float]], bool] | None = None,
     stage: str = "train",
-    checkpoint: Path | None = None,
+    checkpoint: Path | Checkpoint | None = None,
 ) -> TrainResult:
     """AdamW with linear warm-up (then ``schedule.decay``) on next-token cross-entropy;
     evaluates every ``eval_every`` steps and stops early once ``should_stop(metrics)`` holds.
 
-    With ``checkpoint`` (a file in the stage's partial directory), every
+    With ``checkpoint`` (a file in the stage's partial directory, or any ``Checkpoint``), every
     ``schedule.checkpoint_every`` steps the whole training state (weights, optimiser, schedule,
     every random generator, the batches' position, the curves so far) is written to it
     atomically, and a call that finds it continues from there: the final weights equal an
@@ -125,8 +125,7 @@ def train_causal_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule.lr_factor)
     result = TrainResult(steps=0)
     if checkpoint is not None and checkpoint.exists():
-        # our own file in our own partial directory: it holds numpy and Python generator states
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        state = _load_state(checkpoint)
         _load_trainable(model, state["model"], checkpoint)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -177,7 +176,7 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], path) -> None:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:
         raise RuntimeError(
@@ -190,7 +189,25 @@ def _load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], path
             params[n].copy_(v)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, batches, result: TrainResult) -> None:
+class Checkpoint(Protocol):
+    """Where a training state lives when it is not a local file (a bucket object): ``save``
+    must replace the previous state whole or not at all."""
+
+    def exists(self) -> bool: ...
+
+    def load(self) -> dict[str, Any]: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+def _load_state(checkpoint: Path | Checkpoint) -> dict[str, Any]:
+    if isinstance(checkpoint, Path):
+        # our own file in our own partial directory: it holds numpy and Python generator states
+        return torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return checkpoint.load()
+
+
+def _save_checkpoint(path: Path | Checkpoint, model, opt, sched, batches, result) -> None:
     state = {
         "step": result.steps,
         "model": _trainable(model),
@@ -201,6 +218,9 @@ def _save_checkpoint(path: Path, model, opt, sched, batches, result: TrainResult
         "losses": result.losses,
         "evals": result.evals,
     }
+    if not isinstance(path, Path):
+        path.save(state)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(state, tmp)
     with tmp.open("rb") as f:

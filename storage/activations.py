@@ -7,6 +7,10 @@ row chunks only (the last chunk of a split may be short), so writers of differen
 aligned to chunks never touch the same chunk file and may run in different processes or hosts
 (zarr-python #3514: two writers in one chunk or shard can lose data). Which ranges are done is
 recorded by the writer's caller (``storage.shards``).
+
+In a bucket the store is zarr's ``ObjectStore`` on the workdir's obstore client: every chunk is
+one object (the same bytes as the chunk file on disk), and a writer puts the chunks of one row
+range, one per site, concurrently.
 """
 
 from __future__ import annotations
@@ -18,7 +22,25 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from inversescope.storage.files import Where, each, is_remote
+
 STORE = "activations.zarr"
+
+
+def zarr_store(store_dir: Where, read_only: bool = False):
+    """What ``zarr.open_group`` opens: the directory on disk, or an ``ObjectStore`` on the
+    bucket prefix."""
+    if not is_remote(store_dir):
+        return store_dir
+    from zarr.storage import ObjectStore
+
+    from inversescope.storage.buckets import store
+
+    return ObjectStore(store(str(store_dir)), read_only=read_only)
+
+
+def open_group(store_dir: Where, mode: str):
+    return zarr.open_group(zarr_store(store_dir, read_only=mode == "r"), mode=mode)
 
 
 class CorruptActivations(RuntimeError):
@@ -30,7 +52,7 @@ def _compressors() -> list:
 
 
 def create_store(
-    root: Path,
+    root: Where,
     rows: dict[str, int],
     sites: dict[str, int],
     chunk_rows: int,
@@ -39,7 +61,7 @@ def create_store(
 ) -> None:
     """Create every (split, site) array at its full shape; keep arrays that already have it (a
     resumed run keeps what it wrote). Call once, before any writer starts."""
-    group = zarr.open_group(root / STORE, mode="a")
+    group = open_group(root / STORE, mode="a")
     if dict(group.attrs) != attrs:
         group.attrs.update(attrs)
     for split, n in rows.items():
@@ -64,12 +86,13 @@ def create_store(
 class RegionWriter:
     """Writes chunk-aligned row ranges of every site of one split of an existing store."""
 
-    def __init__(self, root: Path, split: str, sites: list[str]):
-        group = zarr.open_group(root / STORE, mode="r+")
+    def __init__(self, root: Where, split: str, sites: list[str]):
+        group = open_group(root / STORE, mode="r+")
         self.arrays = {site: group[f"{split}/{site}"] for site in sites}
         first = next(iter(self.arrays.values()))
         self.rows, self.chunk_rows = first.shape[0], first.chunks[0]
         self.dtype = first.dtype
+        self.remote = is_remote(root)
 
     def write(self, start: int, values: dict[str, np.ndarray]) -> int:
         """Write rows ``start:start+len`` of every site; returns the stop row. The range must
@@ -79,17 +102,24 @@ class RegionWriter:
             raise ValueError(
                 f"rows {start}:{stop} are not aligned to chunks of {self.chunk_rows} rows"
             )
-        for site, arr in self.arrays.items():
-            arr[start:stop] = values[site].astype(self.dtype, copy=False)
+
+        def put(site: str) -> None:
+            self.arrays[site][start:stop] = values[site].astype(self.dtype, copy=False)
+
+        if self.remote:  # one request per chunk: put them together
+            each(put, list(self.arrays))
+        else:
+            for site in self.arrays:
+                put(site)
         return stop
 
 
 class ActivationStore:
     """Read side of a committed store."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.group = zarr.open_group(self.root / STORE, mode="r")
+    def __init__(self, root: Where):
+        self.root = root if is_remote(root) else Path(root)
+        self.group = open_group(self.root / STORE, mode="r")
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -125,23 +155,26 @@ class ActivationStore:
         return np.asarray(values, dtype=np.float32)
 
 
-def chunk_path(arr: zarr.Array, store_dir: Path, index: tuple[int, ...]) -> Path:
+def chunk_path(arr: zarr.Array, store_dir: Where, index: tuple[int, ...]) -> Where:
     """The file of chunk ``index`` of ``arr`` (the default v3 key encoding: ``c/<i>/<j>``)."""
-    return Path(store_dir) / arr.path / arr.metadata.encode_chunk_key(index)
+    return store_dir / arr.path / arr.metadata.encode_chunk_key(index)
 
 
 def bad_chunks(
-    arr: zarr.Array, store_dir: Path, start: int = 0, stop: int | None = None
-) -> list[tuple[Path, str]]:
+    arr: zarr.Array, store_dir: Where, start: int = 0, stop: int | None = None
+) -> list[tuple[Where, str]]:
     """(chunk file, why) of every chunk of rows ``start:stop`` of a 2-d ``arr`` that is missing
     (it would read as the fill value) or fails to decode (checksum, compression)."""
     step = arr.chunks[0]
     stop = arr.shape[0] if stop is None else stop
     found = []
+    present = None
+    if is_remote(store_dir):  # one listing instead of a request per chunk
+        present = {p.key for p in (store_dir / arr.path).files()}
     for i in range(start // step, -(-stop // step)):
         for j in range(arr.cdata_shape[1]):
             path = chunk_path(arr, store_dir, (i, j))
-            if not path.is_file():
+            if not (path.key in present if present is not None else path.is_file()):
                 found.append((path, "missing chunk file (it would read as the fill value)"))
                 continue
             try:

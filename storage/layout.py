@@ -15,6 +15,9 @@ label/features/   per-feature label cache;  label/labeller.sqlite: the labeller'
 fcr/<key>/        results.parquet and plots
 hypotheses/<key>/ hypotheses.parquet
 ```
+
+Every function takes a local directory or a bucket prefix (``storage.files``); in a bucket an
+artifact's files lie under its build (``storage.artifacts``), which ``Artifact.path`` names.
 """
 
 from __future__ import annotations
@@ -29,7 +32,19 @@ from inversescope.core.config import TargetConfig
 from inversescope.core.sites import parse_site
 from inversescope.core.threads import TORCH_STATE
 from inversescope.storage.artifacts import MANIFEST, Artifact, write_json_atomic
-from inversescope.storage.tables import write_parquet_atomic
+from inversescope.storage.files import (
+    Where,
+    is_remote,
+    local_dir,
+    location,
+    machine_local,
+    source,
+    writing,
+    writing_dir,
+)
+from inversescope.storage.tables import read_parquet, scan_parquet, write_parquet_atomic
+
+__all__ = ["writing"]  # plots and other files written by libraries: `with writing(path) as p`
 
 SPLITS: tuple[str, ...] = ("train", "test")
 TARGET_RECORD = "target.json"
@@ -47,54 +62,92 @@ LABELLER_CACHE = "labeller.sqlite"
 TRAIN_CHECKPOINT = "train-state.pt"
 
 
-def _root(artifact: Artifact | Path) -> Path:
-    return artifact.path if isinstance(artifact, Artifact) else Path(artifact)
+def _root(artifact: Artifact | Where) -> Where:
+    if isinstance(artifact, Artifact):
+        return artifact.path
+    return artifact if is_remote(artifact) else Path(artifact)
 
 
 # --- prior --------------------------------------------------------------------------------
-def write_split(out: Path, split: str, df: pl.DataFrame) -> None:
+def write_split(out: Where, split: str, df: pl.DataFrame) -> None:
     write_parquet_atomic(df, out / f"{split}.parquet")
 
 
-def read_split(prior: Artifact | Path, split: str) -> pl.DataFrame:
+def read_split(prior: Artifact | Where, split: str) -> pl.DataFrame:
     """One split of the prompt prior (id, text, the task's columns)."""
-    return pl.read_parquet(_root(prior) / f"{split}.parquet")
+    return read_parquet(_root(prior) / f"{split}.parquet")
 
 
 # --- models: target and backbone ----------------------------------------------------------
-def train_checkpoint(out: Path) -> Path:
+class BucketCheckpoint:
+    """A training checkpoint kept in a bucket (``core.lm_training``'s checkpoint interface):
+    one object, put whole, so a kill mid-save leaves the previous one."""
+
+    def __init__(self, path: Where):
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> dict[str, Any]:
+        import io
+
+        import torch  # deferred: only training stages checkpoint
+
+        # our own object in our own build: it holds numpy and Python generator states
+        data = io.BytesIO(self.path.read_bytes())
+        return torch.load(data, map_location="cpu", weights_only=False)
+
+    def save(self, state: dict[str, Any]) -> None:
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.path.write_bytes(buf.getvalue())
+
+
+def train_checkpoint(out: Where):
     """The resumable training state of a training stage (target, backbone, controls), kept in
-    its partial directory while it trains and removed before the commit."""
-    return out / TRAIN_CHECKPOINT
+    its partial directory (or build) while it trains and removed before the commit: a local
+    path, or a ``BucketCheckpoint``."""
+    path = out / TRAIN_CHECKPOINT
+    return BucketCheckpoint(path) if is_remote(path) else path
 
 
-def drop_train_checkpoint(out: Path) -> None:
-    train_checkpoint(out).unlink(missing_ok=True)
+def drop_train_checkpoint(out: Where) -> None:
+    (out / TRAIN_CHECKPOINT).unlink(missing_ok=True)
 
 
-def save_model(out: Path, model, tokenizer) -> None:
-    model.save_pretrained(out / MODEL_DIR)
-    tokenizer.save_pretrained(out / TOKENIZER_DIR)
+def save_model(out: Where, model, tokenizer) -> None:
+    with writing_dir(out / MODEL_DIR) as model_dir:
+        model.save_pretrained(model_dir)
+    with writing_dir(out / TOKENIZER_DIR) as tokenizer_dir:
+        tokenizer.save_pretrained(tokenizer_dir)
 
 
-def load_saved_model(root: Path, device: str = "cpu", dtype=None):
+def load_saved_model(root: Where, device: str = "cpu", dtype=None):
     """(model, tokenizer) saved by ``save_model`` under ``root``."""
     # transformers deferred: readers of tables must not pay for it
     from inversescope.core.models import load_model, load_tokenizer
 
     return (
-        load_model(root / MODEL_DIR, device=device, dtype=dtype),
-        load_tokenizer(root / TOKENIZER_DIR),
+        load_model(local_dir(root / MODEL_DIR), device=device, dtype=dtype),
+        load_tokenizer(local_dir(root / TOKENIZER_DIR)),
     )
 
 
-def load_saved_tokenizer(root: Artifact | Path):
+def load_saved_tokenizer(root: Artifact | Where):
     from inversescope.core.models import load_tokenizer  # transformers: deferred as above
 
-    return load_tokenizer(_root(root) / TOKENIZER_DIR)
+    return load_tokenizer(local_dir(_root(root) / TOKENIZER_DIR))
 
 
-def write_target_record(out: Path, record: dict[str, Any]) -> None:
+def write_target_record(out: Where, record: dict[str, Any]) -> None:
     """Where the target's weights live (``source``: train, hub or local) and the prefix it was
     trained to read texts after."""
     write_json_atomic(out / TARGET_RECORD, record)
@@ -142,7 +195,7 @@ def target_model_config(target: Artifact):
 
     record = target_record(target)
     if record["source"] == "train":
-        return AutoConfig.from_pretrained(target.path / MODEL_DIR)
+        return AutoConfig.from_pretrained(local_dir(target.path / MODEL_DIR))
     if record["source"] == "local":
         return AutoConfig.from_pretrained(record["path"])
     return AutoConfig.from_pretrained(record["name"], revision=record["revision"])
@@ -164,11 +217,12 @@ def load_backbone(backbone: Artifact, device: str = "cpu"):
 
 
 # --- controls -----------------------------------------------------------------------------
-def save_controls(out: Path, ckpt: dict[str, Any]) -> None:
+def save_controls(out: Where, ckpt: dict[str, Any]) -> None:
     """A self-describing checkpoint (``core.methods.checkpoint``) and its config as JSON."""
     import torch  # deferred: only checkpoints need it
 
-    torch.save(ckpt, out / CONTROLS_CHECKPOINT)
+    with writing(out / CONTROLS_CHECKPOINT) as path:
+        torch.save(ckpt, path)
     write_json_atomic(out / CONTROLS_CONFIG, {k: v for k, v in ckpt.items() if k != "state"})
 
 
@@ -178,7 +232,9 @@ def load_controls(controls: Artifact, backbone):
 
     from inversescope.core.methods import from_checkpoint
 
-    ckpt = torch.load(controls.path / CONTROLS_CHECKPOINT, map_location="cpu", weights_only=True)
+    ckpt = torch.load(
+        source(controls.path / CONTROLS_CHECKPOINT), map_location="cpu", weights_only=True
+    )
     with TORCH_STATE:  # builds modules (torch.nn.init): not beside a model load elsewhere
         return from_checkpoint(ckpt, backbone)
 
@@ -190,64 +246,72 @@ def sample_part_name(site: str, group: int) -> str:
     return f"{SAMPLES_DIR}/{site}/{group:05d}.parquet"
 
 
-def sample_part(out: Path, site: str, group: int) -> Path:
+def sample_part(out: Where, site: str, group: int) -> Where:
     return out / sample_part_name(site, group)
 
 
-def scan_sample_parts(root: Path, parts: list[str]) -> pl.LazyFrame:
-    return pl.scan_parquet([str(root / p) for p in parts])
+def write_sample_part(out: Where, site: str, group: int, df: pl.DataFrame) -> None:
+    part = sample_part(out, site, group)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet_atomic(df, part)
 
 
-def read_sample_parts(root: Path, parts: list[str]) -> pl.DataFrame:
+def scan_sample_parts(root: Where, parts: list[str]) -> pl.LazyFrame:
+    return scan_parquet([root / p for p in parts])
+
+
+def read_sample_parts(root: Where, parts: list[str]) -> pl.DataFrame:
     return scan_sample_parts(root, parts).collect()
 
 
-def sample_parts(sample: Artifact | Path) -> list[str]:
+def sample_parts(sample: Artifact | Where) -> list[str]:
     """The parts a committed sample artifact's manifest lists (never a glob: a stray file is
     not a sample)."""
     if isinstance(sample, Artifact):
         manifest = sample.manifest
     else:
-        manifest = json.loads((Path(sample) / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((_root(sample) / MANIFEST).read_text(encoding="utf-8"))
     return list(manifest["metrics"]["parts"])
 
 
-def read_samples(sample: Artifact | Path) -> pl.DataFrame:
+def read_samples(sample: Artifact | Where) -> pl.DataFrame:
     """Every sample of a committed sample artifact, from the parts its manifest lists."""
     return read_sample_parts(_root(sample), sample_parts(sample))
 
 
-def scan_samples(sample: Artifact | Path) -> pl.LazyFrame:
+def scan_samples(sample: Artifact | Where) -> pl.LazyFrame:
     """Every sample (site, example_id, sample_idx, text, distance), lazily: filter before
     collecting."""
     return scan_sample_parts(_root(sample), sample_parts(sample))
 
 
 # --- labels and results -------------------------------------------------------------------
-def write_labels(out: Path, labels: pl.DataFrame, reference: pl.DataFrame) -> None:
+def write_labels(out: Where, labels: pl.DataFrame, reference: pl.DataFrame) -> None:
     write_parquet_atomic(labels, out / LABELS)
     write_parquet_atomic(reference, out / REFERENCE)
 
 
 def read_labels(label: Artifact) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(sample labels keyed by site, example_id, sample_idx; reference labels keyed by id)."""
-    return pl.read_parquet(label.path / LABELS), pl.read_parquet(label.path / REFERENCE)
+    return read_parquet(label.path / LABELS), read_parquet(label.path / REFERENCE)
 
 
-def feature_cache_dir(workdir: Path) -> Path:
+def feature_cache_dir(workdir: Where) -> Where:
     """Labels per feature, shared by every label artifact of a workdir."""
-    return Path(workdir) / "label" / FEATURE_CACHE
+    return location(workdir) / "label" / FEATURE_CACHE
 
 
-def labeller_cache_path(workdir: Path) -> Path:
-    return Path(workdir) / "label" / LABELLER_CACHE
+def labeller_cache_path(workdir: Where) -> Path:
+    """The labeller's SQLite memo: in the workdir on disk; for a bucket workdir, on this
+    machine (SQLite needs a filesystem; a lost memo costs relabelling, never a result)."""
+    return machine_local(location(workdir), f"label/{LABELLER_CACHE}")
 
 
-def results_path(fcr: Artifact | Path) -> Path:
+def results_path(fcr: Artifact | Where) -> Where:
     return _root(fcr) / RESULTS
 
 
-def hypotheses_path(hypotheses: Artifact | Path) -> Path:
+def hypotheses_path(hypotheses: Artifact | Where) -> Where:
     """Every candidate feature scored on every site (one row per site and candidate)."""
     return _root(hypotheses) / HYPOTHESES
 
@@ -283,7 +347,7 @@ HYPOTHESES_SCHEMA = {
 _UNTESTED = ("normalised_lift", "null_fcr", "p_value", "q_value")  # null where not tested
 
 
-def write_hypotheses(out: Path, rows: list[dict[str, Any]]) -> pl.DataFrame:
+def write_hypotheses(out: Where, rows: list[dict[str, Any]]) -> pl.DataFrame:
     """``hypotheses.parquet`` from one dict per (site, candidate) (layer and head are filled in
     from the site; NaN where a pair was not tested becomes null); returns the table."""
     sites = {r["site"]: parse_site(r["site"]) for r in rows}
@@ -295,19 +359,25 @@ def write_hypotheses(out: Path, rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def read_hypotheses(hypotheses: Artifact | Path) -> pl.DataFrame:
-    return pl.read_parquet(hypotheses_path(hypotheses))
+    return read_parquet(hypotheses_path(hypotheses))
 
 
-def heads_plot_path(out: Path, feature: str) -> Path:
+def read_results(fcr: Artifact | Where) -> pl.DataFrame:
+    """The FCR table of an fcr artifact (or of its path, as ``--json`` prints it)."""
+    root = fcr if isinstance(fcr, Artifact) else location(str(fcr))
+    return read_parquet(results_path(root))
+
+
+def heads_plot_path(out: Where, feature: str) -> Where:
     """FCR per layer x head of one feature."""
     return out / f"fcr_heads_{feature}.png"
 
 
-def layers_plot_path(out: Path) -> Path:
+def layers_plot_path(out: Where) -> Where:
     """FCR per layer of every feature, with chance dotted."""
     return out / "fcr_layers.png"
 
 
-def refusal_plot_path(out: Path) -> Path:
+def refusal_plot_path(out: Where) -> Where:
     """Refusal rate over sites."""
     return out / "refusal_hist.png"

@@ -244,3 +244,173 @@ class LeaseLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class ObjectLease:
+    """The same lock on object storage, where nothing can be created exclusively but a put can
+    be conditional: the lease is one object holding the same JSON line as the file above.
+
+    - acquire: put it only if absent (``If-None-Match: *``); a waiter that finds it stale puts
+      its own record only if the object is still the version it judged (``If-Match`` on the
+      ETag, and the generation on GCS): of several waiters exactly one wins, no guard needed;
+    - renew every ``lease / 4`` seconds with ``If-Match`` on the ETag of our last put: a
+      renewal that fails means another process took the lease over (``LockLost``);
+    - release: put an expired record with ``If-Match`` (a delete would race a waiter's
+      takeover, and S3 deletes are not conditional everywhere), so the next taker overwrites it.
+
+    Stale means what it means for the file: ``expires`` (the holder's clock) is past by the
+    waiter's clock, or the object's ETag has not changed for a whole lease by the waiter's own
+    monotonic clock, or the holder ran on this host and its pid is dead. The clock assumption:
+    hosts' wall clocks agree to well within ``lease / 2`` (NTP); a waiter whose clock runs
+    ahead by more than that could take a live lease early, one whose clock lags waits at most
+    one lease longer (the monotonic rule needs no clock agreement at all).
+    """
+
+    def __init__(
+        self,
+        path,
+        lease: float = LEASE_SECONDS,
+        poll: float = 0.2,
+        max_poll: float = 2.0,
+        timeout: float | None = None,
+    ):
+        if lease <= 0:
+            raise ValueError(f"lease={lease}: expected a positive number of seconds")
+        self.path = path  # a storage.buckets.ObjectPath
+        self.lease = lease
+        self.poll = poll
+        self.max_poll = max_poll
+        self.timeout = timeout
+        self.host = host_name()
+        self.pid = os.getpid()
+        self.token = ""
+        self.lost = False
+        self._tag = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _content(self, expires: float | None = None) -> bytes:
+        if expires is None:
+            expires = time.time() + self.lease
+        body = {"host": self.host, "pid": self.pid, "token": self.token, "expires": expires}
+        return (json.dumps(body) + "\n").encode()
+
+    def _read(self):
+        """(holder, raw text, tag) of the lease object; raw ``None`` when absent."""
+        try:
+            data, tag = self.path.read_tagged()
+        except FileNotFoundError:
+            return None, None, None
+        raw = data.decode("utf-8", "replace")
+        return Holder.parse(raw), raw, tag
+
+    def _stale(self, holder: Holder | None, unchanged_for: float) -> str:
+        if unchanged_for > self.lease:
+            return f"not renewed for {unchanged_for:.0f} s"
+        if holder is None:
+            return ""  # foreign content: judged by how long it stays unchanged
+        if holder.expires == 0.0:
+            return "released"
+        if time.time() > holder.expires:
+            return f"lease expired {time.time() - holder.expires:.0f} s ago"
+        if holder.host == self.host and not _pid_alive(holder.pid):
+            return f"pid {holder.pid} is dead on this host"
+        return ""
+
+    def acquire(self) -> None:
+        from inversescope.storage.buckets import Changed
+
+        self.token = secrets.token_hex(16)
+        self.lost = False
+        start = time.monotonic()
+        delay = self.poll
+        seen: tuple[Any, float] = (None, time.monotonic())
+        announced = False
+        while True:
+            try:
+                self._tag = self.path.create(self._content())
+                break
+            except FileExistsError:
+                pass
+            holder, raw, tag = self._read()
+            if raw is None:
+                continue  # released and removed meanwhile: create again at once
+            if tag != seen[0]:
+                seen = (tag, time.monotonic())
+            why = self._stale(holder, time.monotonic() - seen[1])
+            if why:
+                try:
+                    self._tag = self.path.replace(self._content(), tag)
+                except (Changed, FileNotFoundError):
+                    continue  # another waiter took it, or it was removed: look again
+                if why != "released":
+                    log.warning("took over lease %s (%s): %s", self.path, why, raw.strip())
+                break
+            if not announced:
+                who = f"{holder.host} pid {holder.pid}" if holder else "an unknown holder"
+                log.info("waiting for lease %s held by %s", self.path, who)
+                announced = True
+            if self.timeout is not None and time.monotonic() - start > self.timeout:
+                raise TimeoutError(f"lease {self.path} still held after {self.timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll)
+        self._stop.clear()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name=f"lease {self.path.name}", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.renew()
+            except LockLost as e:
+                log.error("%s", e)
+                return
+            except OSError as e:  # a transient request error: retry at the next interval
+                log.warning("renewing lease %s failed: %s", self.path, e)
+
+    def renew(self) -> None:
+        """Push the expiry forward if the lease is still ours (``If-Match``), else
+        ``LockLost``. A commit calls it last, so a holder that lost its lease never commits."""
+        from inversescope.storage.buckets import Changed
+
+        with self._lock:
+            if self.lost:
+                raise LockLost(f"lease {self.path} was taken over while held (lease lapsed)")
+            try:
+                self._tag = self.path.replace(self._content(), self._tag)
+            except (Changed, FileNotFoundError) as e:
+                self.lost = True
+                raise LockLost(f"lease {self.path} was taken over while held (lease lapsed)") from e
+
+    def release(self) -> None:
+        from inversescope.storage.buckets import Changed
+
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+        with self._lock:
+            if self.lost:
+                log.error("lease %s was no longer ours at release", self.path)
+                return
+            try:
+                self._tag = self.path.replace(self._content(expires=0.0), self._tag)
+            except (Changed, FileNotFoundError):
+                log.error("lease %s was no longer ours at release", self.path)
+
+    def __enter__(self) -> ObjectLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lease_for(path, **kwargs) -> LeaseLock | ObjectLease:
+    """The lock at ``path``: a lease file on a filesystem, a lease object in a bucket."""
+    from inversescope.storage.files import is_remote
+
+    return ObjectLease(path, **kwargs) if is_remote(path) else LeaseLock(path, **kwargs)

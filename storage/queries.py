@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -10,38 +9,34 @@ import polars as pl
 from inversescope.core.sites import parse_site
 from inversescope.storage import layout
 from inversescope.storage.artifacts import ArtifactStore
+from inversescope.storage.files import Where
+from inversescope.storage.tables import scan_parquet
 
 
-def _manifests(workdir: Path, stage: str) -> list[tuple[Path, dict]]:
-    out = []
-    for manifest in sorted(Path(workdir).glob(f"{stage}/*/manifest.json")):
-        try:
-            out.append((manifest.parent, json.loads(manifest.read_text())))
-        except json.JSONDecodeError:
-            continue
-    return out
+def _manifests(workdir: Where | str, stage: str) -> list[tuple[Where, dict]]:
+    return [(a.path, a.manifest) for a in ArtifactStore(workdir).committed(stage)]
 
 
 def scan_results(*workdirs: str | Path) -> pl.LazyFrame:
     """Every committed FCR table under the working directories, as one LazyFrame (one row per
     run, site and feature; see README for the columns)."""
-    files = [str(layout.results_path(path)) for wd in workdirs for path, _ in _manifests(wd, "fcr")]
+    files = [layout.results_path(path) for wd in workdirs for path, _ in _manifests(wd, "fcr")]
     if not files:
         raise FileNotFoundError(f"no fcr results under {', '.join(map(str, workdirs))}")
-    return pl.scan_parquet(files)
+    return scan_parquet(files)
 
 
 def scan_hypotheses(*workdirs: str | Path) -> pl.LazyFrame:
     """Every committed hypotheses table under the working directories, as one LazyFrame (one
     row per run, site and candidate; see README for the columns)."""
     files = [
-        str(layout.hypotheses_path(path))
+        layout.hypotheses_path(path)
         for wd in workdirs
         for path, _ in _manifests(wd, "hypotheses")
     ]
     if not files:
         raise FileNotFoundError(f"no hypotheses under {', '.join(map(str, workdirs))}")
-    return pl.scan_parquet(files)
+    return scan_parquet(files)
 
 
 def top_hypotheses(table: pl.DataFrame | pl.LazyFrame, n: int) -> pl.DataFrame:
@@ -53,9 +48,9 @@ def top_hypotheses(table: pl.DataFrame | pl.LazyFrame, n: int) -> pl.DataFrame:
     return top.sort(position, "rank")
 
 
-def latest(workdir: str | Path, stage: str) -> tuple[Path, dict]:
+def latest(workdir: str | Path, stage: str) -> tuple[Where, dict]:
     """The most recently committed artifact of ``stage`` (path, manifest)."""
-    found = _manifests(Path(workdir), stage)
+    found = _manifests(workdir, stage)
     if not found:
         raise FileNotFoundError(f"no committed {stage} artifact under {workdir}")
     return max(found, key=lambda pm: pm[1].get("created", ""))
@@ -68,13 +63,13 @@ def scan_samples_with_labels(workdir: str | Path) -> pl.LazyFrame:
     label = store.require("label", label_manifest["key"])
     sample = store.require("sample", label_manifest["inputs"]["sample"])
     features = label_manifest["metrics"]["feature_names"]
-    reference = pl.scan_parquet(label.path / layout.REFERENCE).rename(
+    reference = scan_parquet([label.path / layout.REFERENCE]).rename(
         {"id": "example_id", **{f: f"{f}_ref" for f in features}}
     )
     return (
         layout.scan_samples(sample)
         .join(
-            pl.scan_parquet(label.path / layout.LABELS),
+            scan_parquet([label.path / layout.LABELS]),
             on=["site", "example_id", "sample_idx"],
             how="left",
         )

@@ -9,40 +9,46 @@ it, and the commit step checks every marker before the stage's manifest is writt
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from inversescope.storage.artifacts import write_json_atomic
+from inversescope.storage.files import Where, each
 
 MARKERS = ".shards"
 
 
-def marker_path(out: Path, shard_id: str) -> Path:
+def marker_path(out: Where, shard_id: str) -> Where:
     return out / MARKERS / f"{shard_id}.json"
 
 
-def mark_done(out: Path, shard_id: str, info: dict[str, Any]) -> None:
+def mark_done(out: Where, shard_id: str, info: dict[str, Any]) -> None:
     """Record that shard ``shard_id`` wrote all its output (call after the output is written)."""
     (out / MARKERS).mkdir(exist_ok=True)
     write_json_atomic(marker_path(out, shard_id), {"id": shard_id, **info})
 
 
-def is_done(out: Path, shard_id: str) -> bool:
+def is_done(out: Where, shard_id: str) -> bool:
     return marker_path(out, shard_id).is_file()
 
 
-def read_markers(out: Path) -> dict[str, dict[str, Any]]:
+def read_markers(out: Where) -> dict[str, dict[str, Any]]:
     """Every marker of a partial directory, by shard id."""
     found = {}
-    for path in sorted((out / MARKERS).glob("*.json")):
-        info = json.loads(path.read_text(encoding="utf-8"))
+    paths = sorted((out / MARKERS).glob("*.json"))
+    for info in each(lambda p: json.loads(p.read_text(encoding="utf-8")), paths):
         found[info["id"]] = info
     return found
 
 
-def missing(out: Path, shard_ids: list[str]) -> list[str]:
+def done_ids(out: Where) -> set[str]:
+    """The ids of every shard with a marker, from one listing (no marker is read)."""
+    return {p.name[: -len(".json")] for p in (out / MARKERS).glob("*.json")}
+
+
+def missing(out: Where, shard_ids: list[str]) -> list[str]:
     """The shards among ``shard_ids`` without a marker."""
-    return [s for s in shard_ids if not is_done(out, s)]
+    done = done_ids(out)
+    return [s for s in shard_ids if s not in done]
 
 
 def spread(n_units: int, n_shards: int) -> list[range]:
@@ -84,7 +90,7 @@ def row_ranges(rows: dict[str, int], chunk_rows: int, n_shards: int | None) -> l
     return out
 
 
-def _covered(out: Path, chunk_rows: int) -> set[tuple[str, int]]:
+def _covered(out: Where, chunk_rows: int) -> set[tuple[str, int]]:
     """(split, chunk start) of every chunk a done-marker covers."""
     done = set()
     for info in read_markers(out).values():
@@ -92,7 +98,7 @@ def _covered(out: Path, chunk_rows: int) -> set[tuple[str, int]]:
     return done
 
 
-def ranges_todo(out: Path, shard_list: list[dict], chunk_rows: int) -> list[dict]:
+def ranges_todo(out: Where, shard_list: list[dict], chunk_rows: int) -> list[dict]:
     """The shards some of whose chunks no marker covers (markers of any earlier plan count)."""
     done = _covered(out, chunk_rows)
     return [

@@ -17,16 +17,19 @@ build reads).
 
 Parquet files are written with page checksums (``storage.tables``) and read back with their
 verification on, so a flipped byte in a data page is found; a flip in the footer's statistics
-that still parses can go unseen. Zarr chunks are fully checksummed.
+that still parses can go unseen. Zarr chunks are fully checksummed; every ``zarr.json`` is read
+on its own, so corrupt metadata is reported as that file, naming its array or group.
+
+A bucket workdir (``storage.artifacts``: builds under ``<stage>/<key>/<build>/``, the manifest
+beside them) is read from one listing: the build a manifest names is the artifact, every other
+build of the key is a partial build (stale without a live lease, in progress with one).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,9 +37,18 @@ from pathlib import Path
 from typing import Any
 
 from inversescope.storage import layout
-from inversescope.storage.activations import STORE, bad_chunks
-from inversescope.storage.artifacts import MANIFEST
-from inversescope.storage.locks import LEASE_SECONDS, Holder, LeaseLock, _pid_alive, host_name
+from inversescope.storage.activations import STORE, bad_chunks, zarr_store
+from inversescope.storage.artifacts import MANIFEST, is_build_id
+from inversescope.storage.files import (
+    Where,
+    is_remote,
+    location,
+    remove_tree,
+    source,
+    tree_files,
+    tree_size,
+)
+from inversescope.storage.locks import LEASE_SECONDS, Holder, _pid_alive, host_name, lease_for
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +63,7 @@ CORRUPT, ORPHANED, STALE, IN_PROGRESS = "corrupt", "orphaned", "stale partial", 
 @dataclass(frozen=True)
 class Finding:
     kind: str  # CORRUPT | ORPHANED | STALE | IN_PROGRESS
-    path: Path
+    path: Where
     detail: str
 
     @property
@@ -74,11 +86,11 @@ class VerifyReport:
 
 
 # --- locks --------------------------------------------------------------------------------
-def lease_path(stage_dir: Path, key: str) -> Path:
+def lease_path(stage_dir: Where, key: str) -> Where:
     return stage_dir / f".{key}.lease"
 
 
-def live_holder(lease: Path) -> str | None:
+def live_holder(lease: Where) -> str | None:
     """Who holds ``lease`` (``host pid N``) while the lock is live, else ``None``: the file is
     missing, its lease expired, or its holder ran on this host and its pid is dead. A file being
     written (not yet parseable) is live for a lease from its last change."""
@@ -104,15 +116,28 @@ class Entry:
     kind: str  # "artifact" | "incomplete" | "partial" | "lock" | "cache" | "orphan"
     stage: str
     key: str  # "" where the entry has none
-    path: Path
+    path: Where
+    manifest: Where | None = None  # an artifact's manifest (in a bucket: beside its build)
+    lease: Where | None = None  # the lock of a partial or committed entry
+
+    @property
+    def manifest_path(self) -> Where:
+        return self.manifest if self.manifest is not None else self.path / MANIFEST
+
+    @property
+    def lease_path(self) -> Where:
+        return self.lease if self.lease is not None else lease_path(self.path.parent, self.key)
 
 
 def _stage_dirs(workdir: Path) -> list[Path]:
     return sorted(p for p in workdir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def scan(workdir: Path) -> Iterator[Entry]:
+def scan(workdir: Where) -> Iterator[Entry]:
     """Every entry of every stage directory, classified; top-level files are orphans."""
+    if is_remote(workdir):
+        yield from _scan_bucket(workdir)
+        return
     for p in sorted(workdir.iterdir()):
         if not p.is_dir() or p.name.startswith("."):
             yield Entry("orphan", "", "", p)
@@ -133,6 +158,45 @@ def scan(workdir: Path) -> Iterator[Entry]:
                 yield Entry("orphan", stage, "", p)
 
 
+def _scan_bucket(workdir: Where) -> Iterator[Entry]:
+    """The entries of a bucket workdir, from one listing of every object under it."""
+    by_key: dict[tuple[str, str], list] = {}
+    caches: set[str] = set()
+    for obj in workdir.files():
+        parts = obj.relative_to(workdir).parts
+        if len(parts) == 1:
+            yield Entry("orphan", "", "", obj)
+        elif len(parts) == 2:
+            kind = "lock" if _LOCK_FILE.match(parts[1]) else "orphan"
+            yield Entry(kind, parts[0], "", obj)
+        elif parts[0] == "label" and parts[1] == layout.FEATURE_CACHE:
+            caches.add(parts[0])
+        else:
+            by_key.setdefault((parts[0], parts[1]), []).append(parts[2:])
+    for stage in sorted(caches):
+        yield Entry("cache", stage, "", workdir / stage / layout.FEATURE_CACHE)
+    for (stage, key), rels in sorted(by_key.items()):
+        key_dir = workdir / stage / key
+        lease = lease_path(workdir / stage, key)
+        manifest, named = None, None
+        if (MANIFEST,) in rels:
+            manifest = key_dir / MANIFEST
+            try:
+                named = json.loads(manifest.read_text(encoding="utf-8")).get("build")
+            except (ValueError, AttributeError):
+                named = None
+        builds = sorted({r[0] for r in rels if len(r) > 1 and is_build_id(r[0])})
+        if manifest is not None:
+            path = key_dir / named if isinstance(named, str) and named else key_dir
+            yield Entry("artifact", stage, key, path, manifest, lease)
+        for build in builds:
+            if build != named:
+                yield Entry("partial", stage, key, key_dir / build, None, lease)
+        for rel in rels:
+            if rel != (MANIFEST,) and not (len(rel) > 1 and is_build_id(rel[0])):
+                yield Entry("orphan", stage, key, key_dir / "/".join(rel))
+
+
 def _is_label_cache(p: Path) -> bool:
     if p.name == layout.FEATURE_CACHE:
         return p.is_dir()
@@ -140,10 +204,10 @@ def _is_label_cache(p: Path) -> bool:
     return p.is_file() and p.name in (base, *(base + s for s in _SQLITE_SIDECARS))
 
 
-def read_manifest(path: Path, stage: str, key: str) -> dict[str, Any]:
-    """The manifest of artifact directory ``path``; ``ValueError`` naming what is wrong."""
+def read_manifest(path: Where, stage: str, key: str) -> dict[str, Any]:
+    """The manifest at ``path``; ``ValueError`` naming what is wrong."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"not valid JSON ({e})") from e
     if not isinstance(manifest, dict):
@@ -155,24 +219,27 @@ def read_manifest(path: Path, stage: str, key: str) -> dict[str, Any]:
 
 
 # --- verify -------------------------------------------------------------------------------
-def _check_file(path: Path) -> str | None:
+def _check_file(path: Where) -> str | None:
     """Why ``path`` cannot be read back, or ``None`` (also for kinds that carry no structure)."""
     suffix = path.suffix
     try:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.ParquetFile(path, page_checksum_verification=True).read()
+            pq.ParquetFile(source(path), page_checksum_verification=True).read()
         elif suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
         elif suffix == ".pt":
             import torch  # deferred: only checkpoints need it
 
-            torch.load(path, map_location="cpu", weights_only=True)
+            torch.load(source(path), map_location="cpu", weights_only=True)
         elif suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load, load_file
 
-            load_file(path, device="cpu")
+            if is_remote(path):
+                load(path.read_bytes())
+            else:
+                load_file(path, device="cpu")
         else:
             return None
     except Exception as e:  # any failure to read a file back is what verify reports
@@ -180,16 +247,40 @@ def _check_file(path: Path) -> str | None:
     return None
 
 
-def _check_store(store_dir: Path, report: VerifyReport) -> None:
+def _node(rel: str) -> str:
+    """What the ``zarr.json`` at ``rel`` (relative to the store) describes."""
+    where = rel.rpartition("/")[0]
+    return f"node {where}" if where else "root group"
+
+
+def _check_store(store_dir: Where, report: VerifyReport) -> None:
+    """Each ``zarr.json`` on its own (a corrupt one is named, with its node), then each array
+    its metadata describes, chunk by chunk."""
     import zarr
 
-    try:
-        group = zarr.open_group(store_dir, mode="r")
-        arrays = [m for _, m in group.members(max_depth=None) if isinstance(m, zarr.Array)]
-    except Exception as e:  # unreadable metadata: the store as a whole is corrupt
-        report.findings.append(Finding(CORRUPT, store_dir, f"{type(e).__name__}: {e}"))
-        return
-    for arr in arrays:
+    arrays = []
+    for meta in tree_files(store_dir):
+        if meta.name != "zarr.json":
+            continue
+        rel = str(meta.relative_to(store_dir))
+        try:
+            node = json.loads(meta.read_text(encoding="utf-8"))
+            if not isinstance(node, dict) or node.get("node_type") not in ("array", "group"):
+                raise ValueError("not Zarr v3 metadata (no node_type array or group)")
+        except Exception as e:  # unreadable metadata: name the file and its node
+            why = f"metadata of {_node(rel)}: {type(e).__name__}: {e}"
+            report.findings.append(Finding(CORRUPT, meta, why))
+            continue
+        if node["node_type"] == "array":
+            arrays.append((meta, rel.rpartition("/")[0]))
+    store = zarr_store(store_dir, read_only=True)
+    for meta, name in arrays:
+        try:
+            arr = zarr.open_array(store, path=name, mode="r")
+        except Exception as e:  # parses as JSON, but zarr cannot build the array from it
+            why = f"metadata of array {name}: {type(e).__name__}: {e}"
+            report.findings.append(Finding(CORRUPT, meta, why))
+            continue
         report.files += 1 + arr.nchunks
         for path, why in bad_chunks(arr, store_dir):
             report.findings.append(Finding(CORRUPT, path, why))
@@ -198,37 +289,43 @@ def _check_store(store_dir: Path, report: VerifyReport) -> None:
 def _check_artifact(entry: Entry, report: VerifyReport) -> None:
     report.artifacts += 1
     try:
-        read_manifest(entry.path, entry.stage, entry.key)
+        manifest = read_manifest(entry.manifest_path, entry.stage, entry.key)
     except ValueError as e:
-        report.findings.append(Finding(CORRUPT, entry.path / MANIFEST, f"manifest {e}"))
+        report.findings.append(Finding(CORRUPT, entry.manifest_path, f"manifest {e}"))
+        return
+    files = tree_files(entry.path)
+    if is_remote(entry.path) and not files:
+        why = f"the manifest names build {manifest.get('build')!r}, which holds no objects"
+        report.findings.append(Finding(CORRUPT, entry.path, why))
         return
     if entry.stage == "sample":
-        for part in layout.sample_parts(entry.path):
-            if not (entry.path / part).is_file():
+        present = set(files)
+        for part in manifest["metrics"]["parts"]:
+            if entry.path / part not in present:
                 why = "sample part listed in the manifest is missing"
                 report.findings.append(Finding(CORRUPT, entry.path / part, why))
-    for path in sorted(entry.path.rglob("*")):
+    for path in files:
         rel = path.relative_to(entry.path)
-        if rel.parts[0] == STORE or not path.is_file() or path.name == MANIFEST:
+        if rel.parts[0] == STORE or path.name == MANIFEST:
             continue
         report.files += 1
         why = _check_file(path)
         if why is not None:
             report.findings.append(Finding(CORRUPT, path, why))
-    if (entry.path / STORE).is_dir():
+    if any(p.relative_to(entry.path).parts[0] == STORE for p in files):
         _check_store(entry.path / STORE, report)
 
 
-def verify_workdir(workdir: Path | str) -> VerifyReport:
+def verify_workdir(workdir: Where | str) -> VerifyReport:
     """Read every artifact of ``workdir`` back and classify every entry (see the module doc)."""
-    workdir = Path(workdir)
+    workdir = location(workdir)
     report = VerifyReport()
     for entry in scan(workdir):
         if entry.kind == "artifact":
             log.info("verifying %s", entry.path)
             _check_artifact(entry, report)
         elif entry.kind in ("partial", "incomplete"):
-            holder = live_holder(lease_path(entry.path.parent, entry.key))
+            holder = live_holder(entry.lease_path)
             if holder is not None:
                 report.findings.append(Finding(IN_PROGRESS, entry.path, f"lock held by {holder}"))
             elif entry.kind == "partial":
@@ -252,7 +349,7 @@ def verify_workdir(workdir: Path | str) -> VerifyReport:
 # --- gc -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Removal:
-    path: Path
+    path: Where
     size: int  # bytes
     why: str
 
@@ -260,7 +357,7 @@ class Removal:
 @dataclass
 class GcReport:
     removed: list[Removal] = field(default_factory=list)  # or, dry run, that would be
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Where, str]] = field(default_factory=list)
     kept_results: list[str] = field(default_factory=list)  # fcr keys kept
     kept: int = 0  # committed artifacts kept
 
@@ -269,18 +366,9 @@ class GcReport:
         return sum(r.size for r in self.removed)
 
 
-def disk_size(path: Path) -> int:
+def disk_size(path: Where) -> int:
     """Bytes of every file under ``path`` (links not followed)."""
-    if path.is_file() or path.is_symlink():
-        return path.lstat().st_size
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
+    return tree_size(path)
 
 
 def reachable(
@@ -304,7 +392,7 @@ def reachable(
 
 def _remove(entry: Entry, why: str, dry_run: bool, report: GcReport) -> None:
     """Remove ``entry`` under its own lock (skipped when a live run holds it)."""
-    holder = live_holder(lease_path(entry.path.parent, entry.key))
+    holder = live_holder(entry.lease_path)
     if holder is not None:
         report.skipped.append((entry.path, f"lock held by {holder}"))
         return
@@ -313,12 +401,13 @@ def _remove(entry: Entry, why: str, dry_run: bool, report: GcReport) -> None:
         report.removed.append(Removal(entry.path, size, why))
         return
     try:
-        with LeaseLock(lease_path(entry.path.parent, entry.key), timeout=0):
+        with lease_for(entry.lease_path, timeout=0):
             if not entry.path.exists():
                 return
             # the manifest first: from then on no lookup takes the directory for an artifact
-            (entry.path / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(entry.path)
+            if entry.kind != "partial":
+                entry.manifest_path.unlink(missing_ok=True)
+            remove_tree(entry.path)
     except TimeoutError:
         report.skipped.append((entry.path, "lock taken by a run that started meanwhile"))
         return
@@ -337,7 +426,7 @@ def collect_garbage(
     in the label manifests)."""
     if keep is not None and keep < 1:
         raise ValueError(f"keep={keep}: expected a positive number of fcr results to keep")
-    workdir = Path(workdir)
+    workdir = location(workdir)
     report = GcReport()
     entries = list(scan(workdir))
     manifests: dict[tuple[str, str], dict] = {}
@@ -346,7 +435,7 @@ def collect_garbage(
         if entry.kind == "artifact":
             try:
                 manifests[(entry.stage, entry.key)] = read_manifest(
-                    entry.path, entry.stage, entry.key
+                    entry.manifest_path, entry.stage, entry.key
                 )
             except ValueError:
                 invalid.append(entry)
@@ -386,5 +475,5 @@ def collect_garbage(
     return report
 
 
-def _live_lock(path: Path) -> bool:
+def _live_lock(path: Where) -> bool:
     return path.name.endswith(".lease") and live_holder(path) is not None
