@@ -16,8 +16,8 @@ moved; the commit is the manifest, written last with a conditional put (``If-Non
 Readers trust only manifests. Of two writers racing on one key exactly one manifest put
 succeeds; the other finds the winner's manifest, removes its own build and returns the
 winner's artifact. A resumable stage adopts the build a killed run left (its chunk and unit
-markers, its training checkpoint); a non-resumable one starts a new build and removes dead
-ones. Builds that no manifest names are what ``gc`` removes. Before its manifest put a writer
+markers, its training checkpoint); a non-resumable one starts a new build. Builds that no
+manifest names are what ``gc`` removes. Before its manifest put a writer
 renews its lease (``If-Match``), so a holder that lost its lease while stalled never commits.
 """
 
@@ -186,9 +186,8 @@ class ArtifactStore:
             log.info("%s: resuming build %s", stage, builds[-1])
             self._builds[(stage, key)] = builds[-1]
             return builds[-1]
-        for dead in builds:  # under the lock: whoever wrote them has lost it
-            log.info("%s: removing the dead build %s", stage, dead)
-            dead.rmtree()
+        # other open builds stay: a writer that lost its lease may still be writing one (it
+        # never commits: its renewal fails); gc removes them once no live lease holds the key
         build = self._builds[(stage, key)] = self.workdir / stage / key / new_build_id()
         return build
 

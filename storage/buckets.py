@@ -108,8 +108,8 @@ def _errors(e: Exception, what: str) -> Exception:
     """obstore's exceptions as the builtins callers expect, with secrets redacted."""
     from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
-    if isinstance(e, NotFoundError):
-        return FileNotFoundError(f"{what}: not found ({_short(e)})")
+    if isinstance(e, NotFoundError | FileNotFoundError):  # obstore raises either
+        return FileNotFoundError(f"{what}: not found")
     if isinstance(e, AlreadyExistsError):
         return FileExistsError(f"{what}: already exists")
     if isinstance(e, PreconditionError):

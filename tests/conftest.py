@@ -147,3 +147,48 @@ def build_run():
     """``build_small_run`` for fixtures of other folders (their own conftest shadows this
     module's name)."""
     return build_small_run
+
+
+def s3_server():
+    """A real S3 server (moto's, threaded) on 127.0.0.1 for the session, with the standard
+    AWS environment pointing at it: ``(endpoint URL, env)``. Stopped on every path."""
+    import secrets
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env = {
+            "AWS_ACCESS_KEY_ID": "test-key-id",
+            "AWS_SECRET_ACCESS_KEY": "secret-" + secrets.token_hex(12),
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield endpoint, env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def bucket(s3_server):
+    """A fresh bucket on the session's S3 server: its ``s3://NAME`` URL."""
+    import secrets
+
+    import boto3
+
+    name = f"t-{secrets.token_hex(6)}"
+    boto3.client("s3", endpoint_url=s3_server[0]).create_bucket(Bucket=name)
+    return f"s3://{name}"

@@ -94,6 +94,20 @@ def test_a_flipped_chunk_is_named(workdir):
     assert "checksum" in report.findings[0].detail
 
 
+def test_corrupt_zarr_metadata_names_the_file_and_its_array(workdir):
+    store = artifact(workdir, "extract") / STORE
+    meta = store / "test" / "L1.attn" / "zarr.json"
+    meta.write_text(meta.read_text()[:-30])
+    (store / "zarr.json").write_text("[]")
+    report = verify_workdir(workdir)
+    assert problems(report) == {meta: CORRUPT, store / "zarr.json": CORRUPT}
+    details = {f.path: f.detail for f in report.findings}
+    assert details[meta].startswith("metadata of node test/L1.attn: JSONDecodeError")
+    assert details[store / "zarr.json"].startswith("metadata of root group: ValueError")
+    # every other array is still read back, chunk by chunk
+    assert report.files > 20
+
+
 def test_a_flipped_parquet_file_is_named(workdir):
     # bytes of the footer (metadata and its length): polars writes no page checksums, so a flip
     # inside a data page is found only where it breaks decoding (see storage.verify)
