@@ -10,7 +10,8 @@ In a bucket (``s3://...``: no rename) a build writes under a prefix of its own a
 moved; the commit is the manifest, written last with a conditional put (``If-None-Match: *``)::
 
     <workdir>/<stage>/<key>/manifest.json   names the build readers use ("build")
-    <workdir>/<stage>/<key>/<build>/...     one build's files (build = b<UTC time>-<random>)
+    <workdir>/<stage>/<key>/<build>/...     one build's files (build = b<UTC time>-<random>),
+                                            and .build: who started it, when
     <workdir>/<stage>/.<key>.lease          the per-key lock, a lease object (storage.locks)
 
 Readers trust only manifests. Of two writers racing on one key exactly one manifest put
@@ -79,6 +80,10 @@ class Artifact:
 
 BUILD_PREFIX = "b"
 """Bucket builds are named ``b<UTC time>-<random hex>``: they sort by start time."""
+
+
+BUILD_RECORD = ".build"
+"""In a bucket build: who started it and when (a hidden file, no artifact data)."""
 
 
 def new_build_id() -> str:
@@ -189,6 +194,12 @@ class ArtifactStore:
         # other open builds stay: a writer that lost its lease may still be writing one (it
         # never commits: its renewal fails); gc removes them once no live lease holds the key
         build = self._builds[(stage, key)] = self.workdir / stage / key / new_build_id()
+        # a prefix exists once an object lies under it: this record makes the build visible at
+        # once to the shards of a fan-out (sample's plan writes nothing) and to gc
+        from inversescope.storage.locks import host_name
+
+        started = {"host": host_name(), "pid": os.getpid(), "started": time.time()}
+        (build / BUILD_RECORD).write_text(json.dumps(started, sort_keys=True))
         return build
 
     def commit(self, stage: str, key: str, manifest: dict[str, Any]) -> Artifact:

@@ -74,15 +74,16 @@ def source(path: Where) -> Path | BinaryIO:
 
 
 @contextmanager
-def writing(path: Where, suffix: str = "") -> Iterator[Path]:
+def writing(path: Where) -> Iterator[Path]:
     """A local file for a writer that needs one (``torch.save``, ``savefig``): the path itself
-    locally; on a bucket a temporary file (with ``suffix``) put as ``path`` when the block
-    ends without error."""
+    locally; on a bucket a temporary file of the same name (``torch.save`` names its archive's
+    records after the file: the same name, the same bytes), put as ``path`` when the block ends
+    without error."""
     if not is_remote(path):
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="inversescope-put-") as tmp:
-        local = Path(tmp) / f"file{suffix or path.suffix}"
+        local = Path(tmp) / path.name
         yield local
         path.write_bytes(local.read_bytes())
 
