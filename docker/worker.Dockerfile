@@ -17,8 +17,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_LOGGING_EXTRA_LOGGERS=inversescope
 
+# Versions pinned by prefix (hadolint DL3008): Ubuntu 24.04's Python 3.12 and CA bundle of
+# 2024-02-03; a security update of either still matches, another release does not.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends \
+        "python3=3.12.*" "python3-venv=3.12.*" "ca-certificates=20240203*" \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
@@ -37,7 +40,8 @@ COPY storage storage
 COPY flows flows
 RUN pip install . && python -c "import torch, inversescope.flows.pipeline"
 
-# The shared artifact directory (a volume every worker mounts at the same path).
+# The shared artifact directory (a volume every worker mounts at the same path), unless the
+# workdir is a bucket (s3://...: nothing to mount, see docker/README.md).
 WORKDIR /data
 ENTRYPOINT ["prefect", "worker", "start", "--type", "process"]
 CMD ["--pool", "gpu"]

@@ -33,6 +33,16 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ALLOW_HTTP",
+    "AWS_PROFILE",
+)
+"""The S3 settings a bucket workdir is configured by (obstore reads them; none is logged)."""
 SCHEMES = ("s3", "gs", "az", "abfs", "abfss")
 """URL schemes of a bucket workdir."""
 IO_THREADS = 16

