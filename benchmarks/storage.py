@@ -2,7 +2,8 @@
 
     python benchmarks/storage.py [--rows 4096] [--repeats 2] [--chunk-rows 2048]
 
-Starts moto's S3 server on 127.0.0.1 (the standard AWS_* environment points at it), builds the
+Starts moto's S3 server on 127.0.0.1 in a process of its own (the standard AWS_* environment
+points at it), builds the
 upstream stages of a shortened ioi-tiny (its 20 sites and model sizes, shorter training) in a
 local directory, copies them into a bucket, then times the ``extract`` and ``sample`` stages
 (``run_stage``: lock, build, commit) into each workdir, the artifact removed between repeats.
@@ -13,9 +14,12 @@ benchmarks/out/storage.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +49,21 @@ def _overrides(rows: int, chunk_rows: int) -> list[str]:
     ]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(host: str, port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"no S3 server on {host}:{port} after {timeout} s")
+
+
 def _upload(src: Path, key_dir) -> None:
     """A committed local artifact into a bucket: its files under a build, its manifest (last)
     naming that build."""
@@ -67,13 +86,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "storage.json"))
     args = ap.parse_args()
 
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    # the server in a process of its own, as a real store is: in this one it would take the
+    # interpreter lock from the stage it serves
+    host, port = "127.0.0.1", _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tmp = Path(tempfile.mkdtemp(prefix="inversescope-bench-"))
     try:
-        host, port = server.get_host_and_port()
+        _wait_for(host, port)
         os.environ.update(
             AWS_ACCESS_KEY_ID="bench",
             AWS_SECRET_ACCESS_KEY="bench-secret",
@@ -87,7 +110,8 @@ def main() -> None:
         boto3.client("s3").create_bucket(Bucket="bench")
         result = _bench(args, tmp / "local", "s3://bench/runs")
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
         shutil.rmtree(tmp, ignore_errors=True)
     write_result(result, args.out)
 
@@ -138,7 +162,7 @@ def _bench(args, local: Path, url: str) -> dict:
     sizes = sorted(p.stat().st_size for p in chunks)
     return {
         "preset": "ioi-tiny (shortened training)",
-        "server": "moto ThreadedMotoServer on 127.0.0.1",
+        "server": "moto server (python -m moto.server) on 127.0.0.1, its own process",
         "machine": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "rows": sum(art.manifest["metrics"]["rows"].values()),

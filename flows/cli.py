@@ -434,10 +434,10 @@ def _location(workdir: str):
 def _reach(path, workdir: str) -> None:
     """One request to a bucket workdir: a missing bucket, bad credentials or an unreachable
     endpoint is the user's to fix (one line, secrets redacted)."""
-    from inversescope.storage.buckets import probe
+    from inversescope.storage.files import reach
 
     try:
-        probe(path)
+        reach(path)
     except OSError as e:
         raise ConfigError(f"--workdir {workdir!r} cannot be reached: {e}") from None
 

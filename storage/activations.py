@@ -64,23 +64,33 @@ def create_store(
     group = open_group(root / STORE, mode="a")
     if dict(group.attrs) != attrs:
         group.attrs.update(attrs)
-    for split, n in rows.items():
-        for site, d in sites.items():
-            name = f"{split}/{site}"
-            if name in group:
-                arr = group[name]
-                if arr.shape == (n, d) and arr.chunks == (chunk_rows, d) and arr.dtype == dtype:
-                    continue
-                del group[name]
-            group.create_array(
-                name,
-                shape=(n, d),
-                chunks=(chunk_rows, d),
-                dtype=dtype,
-                compressors=_compressors(),
-                fill_value=np.nan,
-                attributes={**attrs, "site": site, "split": split},
-            )
+
+    def ensure(item: tuple[str, int, str, int]) -> None:
+        split, n, site, d = item
+        name = f"{split}/{site}"
+        if name in group:
+            arr = group[name]
+            if arr.shape == (n, d) and arr.chunks == (chunk_rows, d) and arr.dtype == dtype:
+                return
+            del group[name]
+        group.create_array(
+            name,
+            shape=(n, d),
+            chunks=(chunk_rows, d),
+            dtype=dtype,
+            compressors=_compressors(),
+            fill_value=np.nan,
+            attributes={**attrs, "site": site, "split": split},
+        )
+
+    items = [(split, n, site, d) for split, n in rows.items() for site, d in sites.items()]
+    if is_remote(root):  # a few requests per array: every array at once
+        for split in rows:  # the split groups first, so no two arrays create one
+            group.require_group(split)
+        each(ensure, items)
+    else:
+        for item in items:
+            ensure(item)
 
 
 class RegionWriter:

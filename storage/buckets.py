@@ -22,6 +22,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -75,8 +76,11 @@ def redact(text: str) -> str:
 
 def _short(e: BaseException) -> str:
     """obstore's message up to its debug dump, on one line, secrets redacted."""
-    first = str(e).split("\n\nDebug source:")[0]
-    return redact(" ".join(first.split()))
+    first = " ".join(str(e).split("\n\nDebug source:")[0].split())
+    code = re.search(r"<Code>(\w+)</Code>", first)  # an S3 error document: its code says it
+    if code is not None:
+        first = first[: first.find("<?xml")].rstrip(": ") + f" ({code.group(1)})"
+    return redact(first)
 
 
 def split_url(url: str) -> tuple[str, str]:

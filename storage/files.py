@@ -53,6 +53,16 @@ def is_remote(where: Any) -> bool:
     return type(where).__name__ == "ObjectPath" and hasattr(where, "root")
 
 
+def reach(where: Where) -> None:
+    """Nothing for a local path; for a bucket one listing request, raising ``OSError`` with a
+    one-line reason (secrets redacted) when it cannot be reached: no such bucket, refused
+    credentials, no endpoint."""
+    if is_remote(where):
+        from inversescope.storage.buckets import probe
+
+        probe(where)
+
+
 def write_bytes_atomic(path: Where, data: bytes) -> None:
     """Whole or nothing: a hidden temporary file, fsynced, then ``os.replace``; a PUT on a
     bucket (atomic by itself)."""

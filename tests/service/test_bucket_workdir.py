@@ -104,13 +104,6 @@ def _copy(store_from: ArtifactStore, store_to: ArtifactStore, stage: str, key: s
 
 
 @pytest.fixture(scope="module")
-def env(s3_server, tmp_path_factory):
-    _, aws = s3_server
-    cache = tmp_path_factory.mktemp("object-cache")
-    return {**os.environ, **aws, "INVERSESCOPE_CACHE": str(cache)}
-
-
-@pytest.fixture(scope="module")
 def secret(s3_server) -> str:
     return s3_server[1]["AWS_SECRET_ACCESS_KEY"]
 
@@ -121,12 +114,18 @@ def overrides(small_overrides):
 
 
 @pytest.fixture(scope="module")
-def runs(env, overrides, tmp_path_factory, secret, s3_server):
-    """The same config on a local directory and on a bucket: (local stages, bucket stages,
-    bucket workdir URL)."""
+def env(s3_server, tmp_path_factory):
     import boto3
 
     boto3.client("s3", endpoint_url=s3_server[0]).create_bucket(Bucket="inversescope-svc")
+    cache = tmp_path_factory.mktemp("object-cache")
+    return {**os.environ, **s3_server[1], "INVERSESCOPE_CACHE": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def runs(env, overrides, tmp_path_factory, secret):
+    """The same config on a local directory and on a bucket: (local stages, bucket stages,
+    bucket workdir URL)."""
     local = _cli(env, "run", "ioi-tiny", "--json", workdir=tmp_path_factory.mktemp("local"),
                  overrides=overrides)  # fmt: skip
     url = "s3://inversescope-svc/runs/a"

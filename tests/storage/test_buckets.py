@@ -181,3 +181,18 @@ def test_gc_removes_an_orphaned_build_prefix(bucket):
     (art.path.parent / MANIFEST).write_text("{")  # a broken manifest names no build
     found = {(f.kind, str(f.path)) for f in verify_workdir(store.workdir).findings}
     assert found == {(CORRUPT, str(art.path.parent / MANIFEST)), (STALE, str(art.path))}
+
+
+def test_where_artifacts_live_is_in_no_key(small):
+    """Keys hash what a stage computes, not where its bytes go: the bucket backend is imported
+    only once a workdir is a URL, so a local and a bucket run of one config share every key
+    (tests/service/test_bucket_workdir.py builds both and compares their bytes)."""
+    from inversescope.config import load_run_config
+    from inversescope.flows.stage import STAGE_ORDER, stage_code
+    from inversescope.storage.keys import module_closure
+
+    run = load_run_config("ioi-tiny", small)
+    for name in STAGE_ORDER:
+        modules = dict(module_closure(*stage_code(name, run)))
+        assert "inversescope.storage.files" in modules  # the local side is hashed, as before
+        assert "inversescope.storage.buckets" not in modules, name
