@@ -5,9 +5,11 @@ store), ``gs://bucket/prefix`` and ``az://container/prefix``, through obstore (t
 
 Only ``storage`` imports this module, and only once a workdir is a URL: it is in no stage's
 cache key (keys hash what a stage computes, not where its bytes go, as with ``runner``), so a
-local and a bucket run of one config share every key and write the same bytes. ``ObjectPath``
-is a key in a bucket with the part of ``pathlib.Path``'s interface that artifacts use (``/``, ``name``,
-``read_bytes``, ``exists``, ``glob``, ...), so stages handle a bucket workdir like a directory;
+local and a bucket run of one config share every key and write the same bytes.
+
+``ObjectPath`` is a key in a bucket with the part of ``pathlib.Path``'s interface that artifacts
+use (``/``, ``name``, ``read_bytes``, ``exists``, ``glob``, ...), so stages handle a bucket
+workdir like a directory;
 what differs (commits, locks, Zarr, Parquet, model directories) is dispatched in ``storage``.
 
 Configuration is the standard one of each cloud, read from the environment by obstore: for S3

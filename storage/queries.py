@@ -30,9 +30,7 @@ def scan_hypotheses(*workdirs: str | Path) -> pl.LazyFrame:
     """Every committed hypotheses table under the working directories, as one LazyFrame (one
     row per run, site and candidate; see README for the columns)."""
     files = [
-        layout.hypotheses_path(path)
-        for wd in workdirs
-        for path, _ in _manifests(wd, "hypotheses")
+        layout.hypotheses_path(path) for wd in workdirs for path, _ in _manifests(wd, "hypotheses")
     ]
     if not files:
         raise FileNotFoundError(f"no hypotheses under {', '.join(map(str, workdirs))}")
