@@ -149,6 +149,7 @@ def build_run():
     return build_small_run
 
 
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3 server (moto's, threaded) on 127.0.0.1 for the session, with the standard
     AWS environment pointing at it: ``(endpoint URL, env)``. Stopped on every path."""
