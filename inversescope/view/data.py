@@ -17,13 +17,14 @@ import polars as pl
 from inversescope.api import Run
 from inversescope.core.sites import parse_site
 from inversescope.scoring import KEY, with_accepted
-from inversescope.storage import layout
+from inversescope.storage import layout, tables
+from inversescope.storage.files import Where
 from inversescope.view.errors import Missing, Unreadable, first_line
 
 T = TypeVar("T")
 
 
-def guarded(what: str, workdir: Path, read: Callable[[], T]) -> T:
+def guarded(what: str, workdir: Where, read: Callable[[], T]) -> T:
     """``read()``, with a file that cannot be read (corrupt, truncated, removed) said as one
     line naming ``what`` instead of a traceback."""
     try:
@@ -104,7 +105,7 @@ class RunData:
     @cached_property
     def results(self) -> pl.DataFrame:
         path = layout.results_path(self.run.artifacts["fcr"])
-        return guarded(f"the FCR table {path}", self.workdir, lambda: pl.read_parquet(path))
+        return guarded(f"the FCR table {path}", self.workdir, lambda: tables.read_parquet(path))
 
     @cached_property
     def references(self) -> pl.DataFrame:
@@ -114,12 +115,12 @@ class RunData:
 
         def read() -> pl.DataFrame:
             texts = (
-                pl.scan_parquet(prior)
+                tables.scan_parquet([prior])
                 .select("id", "text")
                 .filter(pl.col("id") < self.n_examples)
                 .collect()
             )
-            labels = pl.read_parquet(label).select("id", *self.features)
+            labels = tables.read_parquet(label).select("id", *self.features)
             joined = texts.join(labels, on="id", how="left")
             return joined.rename({"id": "example_id"}).sort("example_id")
 
@@ -133,7 +134,7 @@ class RunData:
         return float(rows["refusal_rate"][0]) if rows.height else None
 
     # --- samples, lazily -----------------------------------------------------------------
-    def site_parts(self, site: str) -> list[Path]:
+    def site_parts(self, site: str) -> list[Where]:
         return site_parts(self._sample_root, self._parts, site)
 
     def scan_samples(self, sites: Sequence[str] | None = None) -> pl.LazyFrame:
@@ -143,10 +144,10 @@ class RunData:
             paths = [self._sample_root / p for p in self._parts]
         else:
             paths = [p for s in sites for p in self.site_parts(s)]
-        return pl.scan_parquet([str(p) for p in paths])
+        return tables.scan_parquet(paths)
 
     def scan_labels(self) -> pl.LazyFrame:
-        return pl.scan_parquet(self.run.artifacts["label"].path / layout.LABELS)
+        return tables.scan_parquet([self.run.artifacts["label"].path / layout.LABELS])
 
     def distances(self, site: str) -> np.ndarray:
         """Every sample distance at ``site`` (NaN: an empty sample)."""
@@ -188,7 +189,9 @@ class RunData:
             "local": Path(record.get("path") or "."),
         }.get(record["source"])
         try:
-            return None if root is None else Tokenizer.from_file(str(root / "tokenizer.json"))
+            if root is None:
+                return None
+            return Tokenizer.from_str((root / "tokenizer.json").read_text(encoding="utf-8"))
         except Exception:  # any tokenizer that does not load: mark the last word instead
             return None
 
@@ -223,7 +226,7 @@ def attach_labels(
     references: pl.DataFrame,
     features: list[str],
     epsilon: float,
-    workdir: Path,
+    workdir: Where,
 ) -> pl.DataFrame:
     """Samples with their labels (read for their keys only), the references' labels as
     ``<feature>_ref`` and ``accepted``. Without ``labels`` the label columns are null."""
@@ -244,7 +247,7 @@ def attach_labels(
     return with_accepted(df, epsilon)
 
 
-def site_parts(root: Path, parts: list[str], site: str) -> list[Path]:
+def site_parts(root: Where, parts: list[str], site: str) -> list[Where]:
     """The Parquet parts of a sample artifact (rooted at ``root``, listing ``parts``) that hold
     ``site``'s samples."""
     prefix = f"{layout.SAMPLES_DIR}/{site}/"

@@ -11,7 +11,7 @@ import polars as pl
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
 
-from inversescope.storage import layout
+from inversescope.storage import layout, tables
 from inversescope.view import svg
 from inversescope.view.app import render, url
 from inversescope.view.data import RunData, attach_labels, guarded, site_parts
@@ -109,7 +109,7 @@ def _method_column(request: Request, run: RunData, art, site: str, example: int)
             "art": art,
             "missing": f"no samples of {site}, example {example}",
         }
-    lf = pl.scan_parquet([str(p) for p in parts])
+    lf = tables.scan_parquet(list(parts))
     all_d = guarded(f"samples {art.key}", run.workdir, lf.select("distance").collect)["distance"]
     refused = float((all_d.cast(pl.Float64).fill_nan(None).fill_null(np.inf) >= run.epsilon).mean())
     df = guarded(
@@ -120,7 +120,7 @@ def _method_column(request: Request, run: RunData, art, site: str, example: int)
         if art.key == run.run.artifacts["sample"].key
         else wd.labels_of(art.key)
     )
-    labels = pl.scan_parquet(labels_dir / layout.LABELS) if labels_dir else None
+    labels = tables.scan_parquet([labels_dir / layout.LABELS]) if labels_dir else None
     df = attach_labels(df, labels, run.references, run.features, run.epsilon, run.workdir)
     return {
         "method": art.method,

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from inversescope import api
 from inversescope.storage import verify
 from inversescope.storage.artifacts import MANIFEST
+from inversescope.storage.files import Where, location
 from inversescope.view.data import RunData
 from inversescope.view.errors import Missing, Unreadable, first_line
 
@@ -27,7 +28,7 @@ class SampleArtifact:
     """A committed sample artifact: whose samples (method, preset), over which references."""
 
     key: str
-    path: Path
+    path: Where
     manifest: dict[str, Any]
 
     @property
@@ -43,7 +44,7 @@ class SampleArtifact:
         return self.manifest.get("created", "")
 
 
-def _manifest(path: Path) -> dict[str, Any] | None:
+def _manifest(path: Where) -> dict[str, Any] | None:
     try:
         return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -54,7 +55,7 @@ class Workdir:
     """One workdir's runs, opened lazily and kept for the server's life."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path: Where = location(path)
         self._runs: dict[str, RunData] = {}
         self._lock = threading.Lock()
 
@@ -147,9 +148,9 @@ class Workdir:
                 out.append(SampleArtifact(path.parent.name, path.parent, manifest))
         return sorted(out, key=lambda a: a.created)
 
-    def labels_of(self, sample_key: str) -> Path | None:
+    def labels_of(self, sample_key: str) -> Where | None:
         """The newest committed label artifact that labelled these samples, if any."""
-        best: tuple[str, Path] | None = None
+        best: tuple[str, Where] | None = None
         for path in self.path.glob(f"label/*/{MANIFEST}"):
             manifest = _manifest(path.parent)
             if manifest and manifest.get("inputs", {}).get("sample") == sample_key:

@@ -261,3 +261,23 @@ def test_dask_shards_write_disjoint_objects_into_a_bucket(runs, env, overrides):
     _same(bucket, stages, ("extract", "sample"))
     markers = shards.read_markers(location(stages["extract"]["path"]))
     assert len(markers) == 4  # 3 shards, the one that straddles the splits cut in two
+
+
+def test_the_view_serves_a_bucket_workdir(runs):
+    """``inversescope view s3://...``: the runs page, a run's overview, a site's samples, its
+    results table and a search read their tables from the bucket, as from a directory."""
+    from fastapi.testclient import TestClient
+
+    from inversescope.view.app import create_app
+
+    _, bucket, url = runs  # the s3_server fixture set the AWS_* variables of this process
+    key = bucket["fcr"]["key"]
+    client = TestClient(create_app(url))
+    listing = client.get("/")
+    assert listing.status_code == 200 and key[:12] in listing.text
+    assert client.get(f"/run/{key}").status_code == 200
+    site = client.get(f"/run/{key}/site/L0H1")
+    assert site.status_code == 200 and 'class="samples' in site.text
+    table = client.get(f"/run/{key}/results.csv")
+    assert table.status_code == 200 and "L0H1" in table.text
+    assert client.get(f"/run/{key}/search", params={"q": "the"}).status_code == 200
