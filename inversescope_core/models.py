@@ -32,8 +32,12 @@ HUB_SHAPES: dict[str, ModelDims] = {
 
 
 def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2LMHeadModel:
-    """A small randomly initialised GPT-2 (no dropout) of the given sizes."""
+    """A small randomly initialised GPT-2 (no dropout) of the given sizes. Its activation is
+    GPT-2's tanh approximation of GELU as one fused operator (``gelu_pytorch_tanh``, the same
+    formula as ``gelu_new``): at d_model 128 the unfused one's five elementwise passes, forward
+    and backward, were a tenth of a training step on CPU (benchmarks/README.md)."""
     config = GPT2Config(
+        activation_function="gelu_pytorch_tanh",
         n_layer=arch.n_layer,
         n_head=arch.n_head,
         n_embd=arch.d_model,
@@ -47,6 +51,20 @@ def build_tiny_gpt2(arch: TinyModelConfig, vocab_size: int, eos_id: int) -> GPT2
         attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(config)
+
+
+def prefer_fast_attention(model: torch.nn.Module) -> None:
+    """On CPU, train short-context models with transformers' eager attention: for sequences of
+    a few dozen tokens it is faster than the fused (SDPA) kernel, forward and backward
+    (measured, benchmarks/README.md); the two agree to float rounding. Elsewhere nothing changes."""
+    for m in model.modules():
+        if not isinstance(m, PreTrainedModel) or next(m.parameters()).device.type != "cpu":
+            continue
+        if getattr(m.config, "max_position_embeddings", 1 << 30) <= SHORT_CONTEXT:
+            m.set_attn_implementation("eager")
+
+
+SHORT_CONTEXT = 256  # positions: at most this, eager attention is the faster on CPU
 
 
 def load_model(

@@ -1,0 +1,193 @@
+"""Where a training step's time goes, for each trained stage of a preset (target, backbone,
+controls): data (tokenising a batch, reading activations, drawing the training noise), forward,
+backward, the optimiser, and how much of forward + backward is spent outside torch's operators
+(Python, module calls, autograd bookkeeping); the FLOP rate of forward + backward + optimiser;
+the cost of torch's deterministic algorithms; each at several batch sizes and thread counts.
+
+    python benchmarks/profile_training.py [--preset ioi-tiny] [--batches 64,256]
+        [--threads 1,2] [--steps 12] [--out benchmarks/out/profile_training.json]
+
+Models are built as the stages build them (the preset's shapes, random weights: a step costs the
+same whatever the weights); texts are the task's own prompts and activations random rows of the
+site width, read through the controls' own batch reader. Every figure is the median over
+``--steps`` steps after two warm-up steps, in this one process, one configuration after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from inversescope.config import load_run_config
+from inversescope.core.lm_training import TextBatches
+from inversescope.core.methods import method_for
+from inversescope.core.models import build_tiny_gpt2
+from inversescope.core.pairs import ActivationBatches
+from inversescope.core.tokenizer import train_bpe_tokenizer
+from inversescope.tasks import PriorOptions, load_task
+
+
+def _texts(run, n: int) -> list[str]:
+    task = load_task(run.task)
+    train, _ = task.generate_prior(n, 1, run.seed, PriorOptions())
+    return [r["text"] + r.get("answer", "") for r in train]
+
+
+def _models(run, tokenizer, texts):
+    """(stage, build model, batches(batch_size)) for each trained stage of ``run``."""
+    eos = tokenizer.eos_token_id
+    d_site = run.target.arch.d_model
+    sites = run.sample_sites
+
+    def target():
+        return build_tiny_gpt2(run.target.arch, len(tokenizer), eos)
+
+    def backbone():
+        return build_tiny_gpt2(run.backbone.arch, len(tokenizer), eos)
+
+    def controls():
+        method = method_for(run.controls)
+        return method.build(backbone(), sites, d_site)
+
+    rows = np.random.default_rng(0).standard_normal((len(texts), d_site), dtype=np.float32)
+    chunk = run.extract.chunk_rows
+    method = method_for(run.controls)
+
+    def control_batches(b):
+        noise = method.training_noise(run.kernel, d_site, run.seed)
+        return ActivationBatches(
+            lambda site, start, stop: rows[start:stop],
+            len(texts),
+            chunk,
+            sites,
+            texts,
+            tokenizer,
+            b,
+            run.seed,
+            noise,
+        )
+
+    return [
+        ("target", target, lambda b: TextBatches(texts, tokenizer, b, run.seed)),
+        ("backbone", backbone, lambda b: TextBatches(texts, tokenizer, b, run.seed)),
+        ("controls", controls, control_batches),
+    ]
+
+
+def _time(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> dict:
+    torch.manual_seed(0)
+    model = build()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimiser": []}
+    for i in range(steps + 2):
+        t_data, batch = _time(lambda: next(batches))
+        t_fwd, loss = _time(lambda b=batch: model(**b).loss)
+        t_bwd, _ = _time(loss.backward)
+
+        def optimise():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t_opt, _ = _time(optimise)
+        if i >= 2:
+            for v, t in zip(parts.values(), (t_data, t_fwd, t_bwd, t_opt), strict=True):
+                v.append(t)
+    torch.use_deterministic_algorithms(False)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    # FLOPs of one step (forward + backward), counted by torch; the optimiser's ~12 per weight
+    batch = next(batches)
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    opt.zero_grad(set_to_none=True)
+    n_params = sum(p.numel() for p in params)
+    flops = counter.get_total_flops() + 12 * n_params
+    # time inside torch's operators during forward + backward (profiler), the rest is Python
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        model(**batch).loss.backward()
+        wall = time.perf_counter() - t0
+    opt.zero_grad(set_to_none=True)
+    # self time of the outermost operators (dispatcher-level aten ops that no other op nests)
+    ops = sum(
+        e.cpu_time_total
+        for e in prof.events()
+        if e.cpu_parent is None and e.name.startswith("aten")
+    )
+    autograd = sum(
+        e.cpu_time_total
+        for e in prof.events()
+        if e.cpu_parent is None and "autograd" in e.name.lower()
+    )
+    inside = (ops + autograd) / 1e6
+    step = sum(med.values())
+    tokens = int(batch["attention_mask"].sum())
+    return {
+        **{f"{k}_ms": 1e3 * v for k, v in med.items()},
+        "step_ms": 1e3 * step,
+        "steps_per_s": 1 / step,
+        "tokens_per_batch": tokens,
+        "examples_per_s": len(batch["input_ids"]) / step,
+        "gflop_per_step": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / (step - med["data"]),
+        "outside_ops_share": max(0.0, 1 - inside / wall),
+        "trainable_parameters": n_params,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="ioi-tiny")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--stages", default="target,backbone,controls")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "profile_training.json"))
+    args = ap.parse_args()
+    run = load_run_config(args.preset, args.overrides)
+    texts = _texts(run, 4096)
+    tokenizer = train_bpe_tokenizer(texts, run.target.arch.vocab_size)
+    wanted = args.stages.split(",")
+    rows = []
+    for stage, build, batches in _models(run, tokenizer, texts):
+        if stage not in wanted:
+            continue
+        lr = getattr(run, stage).train.lr
+        for threads in [int(t) for t in args.threads.split(",")]:
+            torch.set_num_threads(threads)
+            for b in [int(x) for x in args.batches.split(",")]:
+                for det in (True, False):
+                    r = profile_step(build, batches(b), lr, args.steps, det)
+                    row = {"stage": stage, "threads": threads, "batch": b, "deterministic": det}
+                    rows.append({**row, **r})
+                    print(
+                        f"{stage:9s} threads {threads} batch {b:4d} det {det!s:5s}: "
+                        f"{r['step_ms']:7.1f} ms/step (data {r['data_ms']:.1f}, fwd "
+                        f"{r['forward_ms']:.1f}, bwd {r['backward_ms']:.1f}, opt "
+                        f"{r['optimiser_ms']:.1f}), {r['examples_per_s']:6.0f} ex/s, "
+                        f"{r['gflop_per_s']:5.1f} GFLOP/s, outside ops "
+                        f"{100 * r['outside_ops_share']:.0f} %",
+                        flush=True,
+                    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
