@@ -1,6 +1,7 @@
-"""Stage ``backbone``: the generator's LM, fine-tuned on the prior's prompts (full or LoRA),
-with the end-of-text token as both begin and end of sequence. ``train``: a small GPT-2 trained
-from scratch with the target's tokenizer. The manifest records the held-out (test) loss."""
+"""Stage ``backbone``: the generator's LM, fine-tuned on the prior's prompts (full or LoRA, or
+not at all: ``finetune: none``), with the end-of-text token as both begin and end of sequence.
+``train``: a small GPT-2 trained from scratch with the target's tokenizer; ``target``: the
+target's own weights and tokenizer. The manifest records the held-out (test) loss."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ SEEDED = True  # initialises and trains a model from the global generators
 
 def config_of(run: RunConfig) -> dict[str, Any]:
     b = run.backbone
-    cfg = {"seed": run.seed, **b.model_dump(mode="json", exclude={"path"}), "train": b.train.key()}
+    unused = {"path"} | ({"arch"} if b.source != "train" else set())
+    if not b.trains:
+        unused |= {"train", "lora_rank"}
+    cfg = {"seed": run.seed, **b.model_dump(mode="json", exclude=unused)}
+    if b.trains:
+        cfg["train"] = b.train.key()
     if b.source == "local":
         assert b.path is not None
         cfg["content"] = file_fingerprint(b.path)
@@ -41,8 +47,15 @@ def build(ctx: StageContext) -> dict[str, Any]:
     if b.source == "train":
         tokenizer = layout.load_saved_tokenizer(ctx.inputs["target"])
         model = build_tiny_gpt2(b.arch, len(tokenizer), tokenizer.eos_token_id).to(device)
+    elif b.source == "target":
+        model, tokenizer = layout.load_target(ctx.inputs["target"], device)
     else:
         model, tokenizer = b.load(device)
+    test_texts = layout.read_split(ctx.inputs["prior"], "test")["text"].to_list()
+    held_out = _fixed_batches(test_texts, tokenizer, b.train.batch_size)
+    if not b.trains:  # the backbone as it loaded: its held-out loss says what it starts from
+        layout.save_model(ctx.out, model, tokenizer)
+        return {"held_out_loss": mean_loss(model, held_out), "evals": [], "steps": 0}
     if b.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -50,8 +63,6 @@ def build(ctx: StageContext) -> dict[str, Any]:
             model, LoraConfig(r=b.lora_rank, lora_alpha=2 * b.lora_rank, task_type="CAUSAL_LM")
         )
     train_texts = layout.read_split(ctx.inputs["prior"], "train")["text"].to_list()
-    test_texts = layout.read_split(ctx.inputs["prior"], "test")["text"].to_list()
-    held_out = _fixed_batches(test_texts, tokenizer, b.train.batch_size)
     result = train_causal_lm(
         model,
         TextBatches(train_texts, tokenizer, b.train.batch_size, ctx.run.seed),

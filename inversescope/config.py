@@ -410,9 +410,10 @@ def check_run(run: RunConfig, probe: bool = True) -> None:
             f"prior.n_train={run.prior.n_train} is too small to train the target; "
             f"at least 2 * target.train.batch_size = {2 * run.target.train.batch_size}"
         )
-    if run.backbone.source == "train":  # a hub backbone's depth is known once it loads
+    backbone = run.target if run.backbone.source == "target" else run.backbone
+    if backbone.source == "train":  # a hub backbone's depth is known once it loads
         try:
-            control_block_indices(run.controls.generator.control_blocks, run.backbone.arch.n_layer)
+            control_block_indices(run.controls.generator.control_blocks, backbone.arch.n_layer)
         except ValueError as e:
             raise ConfigError(f"controls.generator.{e}") from None
     n_target = run.target.train_prompts

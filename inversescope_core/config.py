@@ -260,21 +260,43 @@ class KernelConfig(StageConfig):
 
 class BackboneConfig(TrainableModelConfig):
     """The generator's decoder-only LM, fine-tuned on the prior's prompts, then frozen
-    (``train``: a small model trained from scratch here with the target's tokenizer; the paper's
-    is the hub's gpt2)."""
+    (``train``: a small model trained from scratch here with the target's tokenizer; ``target``:
+    the target's own weights and tokenizer, as in the paper's IOI setup where GPT-2 small is
+    both; the paper's is the hub's gpt2)."""
 
     section: ClassVar[str] = "backbone"
-    finetune: Literal["full", "lora"] = Field("full", description="Full fine-tune or LoRA (peft).")
+    source: Literal["train", "hub", "local", "target"] = Field(  # type: ignore[assignment]
+        "train",
+        description="train: a small model trained here from scratch; hub: a model name; local: "
+        "a directory saved with save_pretrained; target: the target's weights and tokenizer "
+        "(whatever the target's source).",
+    )
+    finetune: Literal["full", "lora", "none"] = Field(
+        "full",
+        description="Full fine-tune, LoRA (peft), or none: the backbone as it loads (with "
+        "controls.generator.backbone_mode full, the controls stage trains every weight anyway).",
+    )
     lora_rank: int = Field(8, gt=0, description="LoRA rank (finetune=lora).")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="Fine-tuning schedule.")
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="Fine-tuning schedule (not finetune=none)."
+    )
 
     @model_validator(mode="after")
     def _lora_needs_pretrained(self) -> BackboneConfig:
         if self.source == "train" and self.finetune == "lora":
             raise ValueError(
-                "backbone.finetune=lora needs a pretrained backbone (source hub/local)"
+                "backbone.finetune=lora needs a pretrained backbone (source hub/local/target)"
+            )
+        if self.source == "train" and self.finetune == "none":
+            raise ValueError(
+                "backbone.finetune=none with backbone.source=train would sample from random "
+                "weights; train it (finetune full) or start from a model (source target/hub/local)"
             )
         return self
+
+    @property
+    def trains(self) -> bool:
+        return self.finetune != "none"
 
 
 class NoiseConfig(StageConfig):
@@ -333,6 +355,14 @@ class GeneratorConfig(StageConfig):
         "letter): nothing; lora: LoRA adapters; full: every weight.",
     )
     lora_rank: int = Field(8, gt=0, description="LoRA rank (backbone_mode=lora).")
+    backbone_lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Learning rate of the backbone's own weights (backbone_mode=full) relative "
+        "to the schedule's, which the encoders and control layers get: the new weights start "
+        "from zero or random, the backbone from a trained LM.",
+    )
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Training noise.")
     control_blocks: list[int] | None = Field(
         None,
@@ -355,9 +385,11 @@ class GeneratorConfig(StageConfig):
     def training_key(self, kernel: KernelConfig) -> dict[str, Any]:
         """What the trained generator depends on: its fields that its build and training read
         (the training noise reads the kernel only for exact kernel noise)."""
-        out = self.model_dump(mode="json", exclude={"noise", "lora_rank"})
+        out = self.model_dump(mode="json", exclude={"noise", "lora_rank", "backbone_lr_ratio"})
         if self.backbone_mode == "lora":
             out["lora_rank"] = self.lora_rank
+        if self.backbone_mode == "full" and self.backbone_lr_ratio != 1.0:
+            out["backbone_lr_ratio"] = self.backbone_lr_ratio  # 1: as before the option existed
         out["noise"] = self.noise.key(kernel)
         return out
 

@@ -114,9 +114,11 @@ class ConditionalGenerator(nn.Module):
         value_form: str = "per_head",
         control_blocks: list[int] | None = None,
         log_norm: bool = False,
+        backbone_lr_ratio: float = 1.0,
     ):
         super().__init__()
         self.backbone = backbone
+        self.backbone_lr_ratio = backbone_lr_ratio
         self.sites = list(sites)
         d_model = backbone.config.hidden_size
         self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
@@ -202,6 +204,18 @@ class ConditionalGenerator(nn.Module):
             for k, v in self.state_dict().items()
             if not k.startswith("backbone.") or k in trainable
         }
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimiser's groups: the backbone's trainable weights at ``backbone_lr_ratio`` of
+        the learning rate, the encoders and control layers at all of it."""
+        backbone = {id(p) for p in self.backbone.parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        own = [p for p in trainable if id(p) not in backbone]
+        rest = [p for p in trainable if id(p) in backbone]
+        groups = [{"params": own, "lr_ratio": 1.0}]
+        if rest:
+            groups.append({"params": rest, "lr_ratio": self.backbone_lr_ratio})
+        return groups
 
     @property
     def backbone_trains(self) -> bool:

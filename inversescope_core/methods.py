@@ -92,6 +92,7 @@ class InverseScopeMethod(SamplingMethod):
             value_form=g.value_form,
             control_blocks=g.control_blocks,
             log_norm=g.log_norm,
+            backbone_lr_ratio=g.backbone_lr_ratio,
         )
 
     def training_noise(self, kernel, d_site, seed):

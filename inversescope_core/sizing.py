@@ -166,6 +166,8 @@ class RunSizes:
 
 def _backbone_trainable(backbone_config: PretrainedConfig, cfg: BackboneConfig) -> int:
     model = meta_model(backbone_config)
+    if cfg.finetune == "none":
+        return 0
     if cfg.finetune == "full":
         return parameter_count(model)
     # peft deferred: only LoRA fine-tuning needs it
@@ -286,7 +288,7 @@ def size_config(run, config_dir: Path) -> RunSizes:
         lab_config = source_config(lab, config_dir)
     return size_run(
         source_config(run.target, config_dir),
-        source_config(run.backbone, config_dir),
+        source_config(run.target if run.backbone.source == "target" else run.backbone, config_dir),
         list(run.extract.sites),
         run.backbone,
         run.controls,

@@ -151,3 +151,26 @@ def test_inversionview_prefix_conditions_every_layer(backbone):
         bb, 2, 0, 1, 1.0, torch.Generator().manual_seed(0), iv.prefix(z, 0 * ids[:, 0])
     )
     assert inc.shape == (2, 1)
+
+
+def test_the_backbone_trains_at_its_share_of_the_learning_rate(backbone, monkeypatch):
+    """``backbone_lr_ratio``: in full mode the backbone's weights get that share of the
+    schedule's rate, the encoders and control layers all of it; every trainable weight is in
+    exactly one group."""
+    gen = ConditionalGenerator(
+        backbone(), SITES, d_site=16, n_heads=4, d_head=8, backbone_mode="full",
+        backbone_lr_ratio=0.25,
+    )  # fmt: skip
+    groups = gen.parameter_groups()
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in gen.parameters() if p.requires_grad)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in gen.backbone.parameters()}
+    seen = []
+    real = torch.optim.AdamW
+    monkeypatch.setattr(
+        torch.optim, "AdamW", lambda params, **kw: seen.append(params) or real(params, **kw)
+    )
+    z_table = torch.randn(2, 16)
+    seqs = torch.tensor([[0, 3, 4, 5, 6, 0], [0, 7, 8, 9, 10, 0]])
+    train_causal_lm(gen, toy_batches(z_table, seqs), TrainConfig(steps=1, lr=1e-3, warmup=0))
+    assert [g["lr"] for g in seen[0]] == [1e-3, 0.25e-3]

@@ -35,6 +35,8 @@ TRAIN = "{steps: 30, batch_size: 16, lr: 0.001, warmup: 2, eval_every: 10, check
 SUITE = [
     "extract.chunk_rows=64",
     f"target.train={TRAIN}",
+    "backbone.source=train",  # ioi-tiny starts from the target's weights; the suite trains
+    "backbone.finetune=full",  # the backbone, so that its checkpoints are killed and resumed too
     f"backbone.train={TRAIN}",
     f"controls.train={TRAIN}",
 ]
