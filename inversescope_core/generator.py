@@ -118,7 +118,8 @@ class ConditionalGenerator(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        self.backbone_lr_ratio = backbone_lr_ratio
+        # the backbone's own weights only (full mode): LoRA adapters are new weights
+        self.backbone_lr_ratio = backbone_lr_ratio if backbone_mode == "full" else 1.0
         self.sites = list(sites)
         d_model = backbone.config.hidden_size
         self.encoders = nn.Parameter(torch.empty(len(sites), d_site, d_site))  # (S, d, d)
@@ -207,7 +208,8 @@ class ConditionalGenerator(nn.Module):
 
     def parameter_groups(self) -> list[dict]:
         """The optimiser's groups: the backbone's trainable weights at ``backbone_lr_ratio`` of
-        the learning rate, the encoders and control layers at all of it."""
+        the learning rate (full mode; LoRA adapters are new weights and get all of it), the
+        encoders and control layers at all of it."""
         backbone = {id(p) for p in self.backbone.parameters()}
         trainable = [p for p in self.parameters() if p.requires_grad]
         own = [p for p in trainable if id(p) not in backbone]
