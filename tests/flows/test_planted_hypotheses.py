@@ -134,6 +134,7 @@ def planted_run(tmp_path_factory, small_overrides, tiny_tokenizer):
             f"target.path={target}",
             "backbone.source=local",
             f"backbone.path={backbone}",
+            "backbone.finetune=full",  # ioi-tiny's own backbone is the target, not fine-tuned
             "backbone.train={steps: 150, batch_size: 16, lr: 0.005, warmup: 20, eval_every: 150}",
             "prior.n_train=2000",
             "prior.n_test=100",
