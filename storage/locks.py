@@ -79,8 +79,70 @@ class Holder:
             return None  # empty (being created) or foreign: judged by the file's age
 
 
-class LeaseLock:
+class _Renewed:
+    """What a lease and a lease file share: a daemon thread that renews the holding every
+    quarter of the lease until ``release`` stops it. ``NOUN`` names the holding in logs."""
+
+    NOUN = "lease"
+    lease: float
+    path: Any
+    timeout: float | None
+    max_poll: float
+    _stop: threading.Event
+    _renewer: threading.Thread | None
+
+    def renew(self) -> None:
+        raise NotImplementedError
+
+    def _hold(self, path, lease: float, poll: float, max_poll: float, timeout) -> None:
+        """The settings and state both kinds start from (``lease`` > 0 seconds)."""
+        if lease <= 0:
+            raise ValueError(f"lease={lease}: expected a positive number of seconds")
+        self.path, self.lease, self.poll = path, lease, poll
+        self.max_poll, self.timeout = max_poll, timeout
+        self.host = host_name()
+        self.pid = os.getpid()
+        self.token = ""
+        self.lost = False
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _wait(
+        self, holder: Holder | None, nobody: str, start: float, delay: float, announced: bool
+    ) -> tuple[float, bool]:
+        """One wait for a holding someone else has: say once whom we wait for (``nobody`` when
+        the holder is unreadable), give up after ``timeout``, sleep ``delay``; the next delay
+        (backing off to ``max_poll``) and that we announced."""
+        if not announced:
+            who = f"{holder.host} pid {holder.pid}" if holder else nobody
+            log.info("waiting for %s %s held by %s", self.NOUN, self.path, who)
+        if self.timeout is not None and time.monotonic() - start > self.timeout:
+            raise TimeoutError(f"{self.NOUN} {self.path} still held after {self.timeout} s")
+        time.sleep(delay)
+        return min(delay * 1.5, self.max_poll), True
+
+    def _start_renewing(self) -> None:
+        self._stop.clear()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name=f"lease {self.path.name}", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.lease / 4):
+            try:
+                self.renew()
+            except LockLost as e:
+                log.error("%s", e)
+                return
+            except OSError as e:  # a transient I/O or request error: retry at the next interval
+                log.warning("renewing %s %s failed: %s", self.NOUN, self.path, e)
+
+
+class LeaseLock(_Renewed):
     """Exclusive lock on ``path`` across processes and hosts; use as a context manager."""
+
+    NOUN = "lock"
 
     def __init__(
         self,
@@ -90,19 +152,7 @@ class LeaseLock:
         max_poll: float = 2.0,
         timeout: float | None = None,
     ):
-        if lease <= 0:
-            raise ValueError(f"lease={lease}: expected a positive number of seconds")
-        self.path = Path(path)
-        self.lease = lease
-        self.poll = poll
-        self.max_poll = max_poll
-        self.timeout = timeout
-        self.host = host_name()
-        self.pid = os.getpid()
-        self.token = ""
-        self.lost = False
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
+        self._hold(Path(path), lease, poll, max_poll, timeout)
 
     # --- the file ---------------------------------------------------------------------------
 
@@ -189,29 +239,8 @@ class LeaseLock:
             if why:
                 self._take_over(raw, why)
                 continue
-            if not announced:
-                who = f"{holder.host} pid {holder.pid}" if holder else "a starting holder"
-                log.info("waiting for lock %s held by %s", self.path, who)
-                announced = True
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
-                raise TimeoutError(f"lock {self.path} still held after {self.timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll)
-        self._stop.clear()
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name=f"lease {self.path.name}", daemon=True
-        )
-        self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease / 4):
-            try:
-                self.renew()
-            except LockLost as e:
-                log.error("%s", e)
-                return
-            except OSError as e:  # a transient I/O error: retry at the next interval
-                log.warning("renewing lock %s failed: %s", self.path, e)
+            delay, announced = self._wait(holder, "a starting holder", start, delay, announced)
+        self._start_renewing()
 
     def renew(self) -> None:
         """Push the lease expiry forward; raises ``LockLost`` when the file is not ours."""
@@ -246,7 +275,7 @@ class LeaseLock:
         self.release()
 
 
-class ObjectLease:
+class ObjectLease(_Renewed):
     """The same lock on object storage, where nothing can be created exclusively but a put can
     be conditional: the lease is one object holding the same JSON line as the file above.
 
@@ -274,21 +303,9 @@ class ObjectLease:
         max_poll: float = 2.0,
         timeout: float | None = None,
     ):
-        if lease <= 0:
-            raise ValueError(f"lease={lease}: expected a positive number of seconds")
-        self.path = path  # a storage.buckets.ObjectPath
-        self.lease = lease
-        self.poll = poll
-        self.max_poll = max_poll
-        self.timeout = timeout
-        self.host = host_name()
-        self.pid = os.getpid()
-        self.token = ""
-        self.lost = False
+        self._hold(path, lease, poll, max_poll, timeout)  # path: a storage.buckets.ObjectPath
         self._tag = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
 
     def _content(self, expires: float | None = None) -> bytes:
         if expires is None:
@@ -347,29 +364,8 @@ class ObjectLease:
                 if why != "released":
                     log.warning("took over lease %s (%s): %s", self.path, why, raw.strip())
                 break
-            if not announced:
-                who = f"{holder.host} pid {holder.pid}" if holder else "an unknown holder"
-                log.info("waiting for lease %s held by %s", self.path, who)
-                announced = True
-            if self.timeout is not None and time.monotonic() - start > self.timeout:
-                raise TimeoutError(f"lease {self.path} still held after {self.timeout} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll)
-        self._stop.clear()
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name=f"lease {self.path.name}", daemon=True
-        )
-        self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.lease / 4):
-            try:
-                self.renew()
-            except LockLost as e:
-                log.error("%s", e)
-                return
-            except OSError as e:  # a transient request error: retry at the next interval
-                log.warning("renewing lease %s failed: %s", self.path, e)
+            delay, announced = self._wait(holder, "an unknown holder", start, delay, announced)
+        self._start_renewing()
 
     def renew(self) -> None:
         """Push the expiry forward if the lease is still ours (``If-Match``), else
