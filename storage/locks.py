@@ -34,7 +34,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,21 @@ class _Renewed:
     _stop: threading.Event
     _renewer: threading.Thread | None
 
+    def acquire(self) -> None:
+        raise NotImplementedError
+
     def renew(self) -> None:
         raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
     def _hold(self, path, lease: float, poll: float, max_poll: float, timeout) -> None:
         """The settings and state both kinds start from (``lease`` > 0 seconds)."""
@@ -267,13 +280,6 @@ class LeaseLock(_Renewed):
         else:
             log.error("lock %s was no longer ours at release", self.path)
 
-    def __enter__(self) -> LeaseLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
 
 class ObjectLease(_Renewed):
     """The same lock on object storage, where nothing can be created exclusively but a put can
@@ -396,13 +402,6 @@ class ObjectLease(_Renewed):
                 self._tag = self.path.replace(self._content(expires=0.0), self._tag)
             except (Changed, FileNotFoundError):
                 log.error("lease %s was no longer ours at release", self.path)
-
-    def __enter__(self) -> ObjectLease:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def lease_for(path, **kwargs) -> LeaseLock | ObjectLease:
