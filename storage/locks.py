@@ -86,6 +86,7 @@ class _Renewed:
     NOUN = "lease"
     lease: float
     path: Any
+    host: str
     timeout: float | None
     max_poll: float
     _stop: threading.Event
@@ -119,6 +120,15 @@ class _Renewed:
         self.lost = False
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+
+    def _gone(self, holder: Holder) -> str:
+        """Why a readable holder no longer holds: its lease expired, or its process died on
+        this host; '' while it holds."""
+        if time.time() > holder.expires:
+            return f"lease expired {time.time() - holder.expires:.0f} s ago"
+        if holder.host == self.host and not _pid_alive(holder.pid):
+            return f"pid {holder.pid} is dead on this host"
+        return ""
 
     def _wait(
         self, holder: Holder | None, nobody: str, start: float, delay: float, announced: bool
@@ -205,11 +215,7 @@ class LeaseLock(_Renewed):
             if mtime is not None and time.time() > mtime + self.lease:
                 return "unreadable and older than a lease"
             return ""
-        if time.time() > holder.expires:
-            return f"lease expired {time.time() - holder.expires:.0f} s ago"
-        if holder.host == self.host and not _pid_alive(holder.pid):
-            return f"pid {holder.pid} is dead on this host"
-        return ""
+        return self._gone(holder)
 
     def _take_over(self, stale_raw: str, why: str) -> None:
         """Remove the lock file if it still holds ``stale_raw``, under ``<lock>.takeover``."""
@@ -335,11 +341,7 @@ class ObjectLease(_Renewed):
             return ""  # foreign content: judged by how long it stays unchanged
         if holder.expires == 0.0:
             return "released"
-        if time.time() > holder.expires:
-            return f"lease expired {time.time() - holder.expires:.0f} s ago"
-        if holder.host == self.host and not _pid_alive(holder.pid):
-            return f"pid {holder.pid} is dead on this host"
-        return ""
+        return self._gone(holder)
 
     def acquire(self) -> None:
         from inversescope.storage.buckets import Changed
