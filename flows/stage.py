@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from inversescope.core.faults import fault_point
-from inversescope.core.threads import TORCH_STATE
+from inversescope.core.threads import TORCH_STATE, in_own_thread
 from inversescope.storage.artifacts import Artifact, ArtifactStore, Timer
 from inversescope.storage.files import Where
 from inversescope.storage.keys import code_hash, stage_key
@@ -269,16 +269,24 @@ def run_stage(
         partial = store.begin(name, key, resumable=mod.RESUMABLE)
         log.info("%s: building %s", name, store.path(name, key))
         fault_point(name, "start")
-        with seeded(mod, run.seed) as nondeterministic:
-            metrics = mod.build(StageContext(run, inputs, partial, key, store.workdir))
+        ctx = StageContext(run, inputs, partial, key, store.workdir)
+        metrics = in_own_thread(lambda: _build(mod, ctx))
         fault_point(name, "built")
-        if getattr(mod, "SEEDED", False):
-            metrics = {**metrics, "nondeterministic_ops": nondeterministic}
         seconds = round(timer.seconds, 3)
         art = _commit(store, name, run, key, inputs, metrics, seconds)
     release_memory()
     log.info("%s: done in %.1f s -> %s", name, seconds, art.path)
     return StageResult(name, "ran", key, str(art.path), seconds)
+
+
+def _build(mod: Stage, ctx: StageContext) -> dict[str, Any]:
+    """``mod.build`` seeded (``seeded``); a seeded stage's metrics name the operations torch
+    could not make deterministic."""
+    with seeded(mod, ctx.run.seed) as nondeterministic:
+        metrics = mod.build(ctx)
+    if getattr(mod, "SEEDED", False):
+        metrics = {**metrics, "nondeterministic_ops": nondeterministic}
+    return metrics
 
 
 def release_memory() -> None:
@@ -331,12 +339,17 @@ def run_stage_shard(
         # worker, and another run may have finished the stage; nothing is left to write
         return {"id": shard["id"], "skipped": "committed"}
     inputs = _inputs(store, mod, keys)
-    with store.lock(name, f"{key}-{shard['id']}"), seeded(mod, run.seed):
+    with store.lock(name, f"{key}-{shard['id']}"):
         if store.lookup(name, key) is not None:
             return {"id": shard["id"], "skipped": "committed"}
         fault_point(name, shard["id"])
         ctx = StageContext(run, inputs, store.partial_path(name, key), key, store.workdir)
-        return mod.run_shard(ctx, shard)
+
+        def shard_build() -> dict[str, Any]:
+            with seeded(mod, run.seed):
+                return mod.run_shard(ctx, shard)
+
+        return in_own_thread(shard_build)
 
 
 def commit_stage(
