@@ -3,10 +3,11 @@
 Each case copies the committed upstream artifacts of an uninterrupted reference run, starts
 ``inversescope run`` in a process group of its own with ``INVERSESCOPE_FAULT`` armed (a step,
 row, sample or text counter, or a point of the commit), and checks that the fault fired and
-took the whole group down with SIGKILL. The rerun must then finish, never take the killed
-stage's directory for a cached artifact, resume where the stage keeps its work (training
-checkpoints, extract chunks, sample units, the labeller's SQLite memo), and leave artifacts
-byte-identical to the reference run's, with ``inversescope verify`` clean.
+took the whole group down with SIGKILL (the session's Prefect server lies outside the group;
+one case runs on a temporary server of its own, inside it). The rerun must then finish, never
+take the killed stage's directory for a cached artifact, resume where the stage keeps its work
+(training checkpoints, extract chunks, sample units, the labeller's SQLite memo), and leave
+artifacts byte-identical to the reference run's, with ``inversescope verify`` clean.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ REFUSAL = [
     "labeller={source: target, batch_size: 2}",
 ]
 RESUMED = r"resuming from the checkpoint at step {} of 30"
+# The cases run on the session's Prefect server (a temporary server's start-up, about 10 s of
+# each run, twice a case, was a third of this suite's time), except this one, which runs as a
+# user runs it: on a temporary server of its own, killed with the run's process group.
+OWN_SERVER = ("ioi", "controls", "steps@15")
 # (task, stage, point, evidence in the rerun's log that it resumed, or None: it starts over)
 CASES = [
     ("ioi", "prior", "start", None),
@@ -83,8 +88,22 @@ def _config(task: str, small: tuple[str, ...]) -> tuple[str, list[str]]:
     return preset, [*small, *SUITE, *(REFUSAL if task == "refusal" else [])]
 
 
-def _run(workdir: Path, preset: str, overrides: list[str], fault: str | None = None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INVERSESCOPE_FAULT")}
+def _run(
+    workdir: Path,
+    preset: str,
+    overrides: list[str],
+    fault: str | None = None,
+    api: str | None = None,
+):
+    """``inversescope run`` in a process group of its own, on the Prefect server at ``api``
+    (None: a temporary server of its own, in the group)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("INVERSESCOPE_FAULT") and k != "PREFECT_API_URL"
+    }
+    if api is not None:
+        env["PREFECT_API_URL"] = api
     if fault is not None:
         env |= {"INVERSESCOPE_FAULT": fault, "INVERSESCOPE_FAULT_SCOPE": "group"}
     argv = [sys.executable, "-m", "inversescope.flows.cli", "run", preset, "--json"]
@@ -110,13 +129,21 @@ def _run(workdir: Path, preset: str, overrides: list[str], fault: str | None = N
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory, small_overrides):
+def api(prefect_harness) -> str:
+    """The session's Prefect server, for the runs of this suite."""
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, small_overrides, api):
     """The uninterrupted run of each task: its workdir, config and keys."""
     out = {}
     for task in ("ioi", "refusal"):
         preset, overrides = _config(task, small_overrides)
         wd = tmp_path_factory.mktemp(f"ref-{task}")
-        done = _run(wd, preset, overrides)
+        done = _run(wd, preset, overrides, api=api)
         assert done.returncode == 0, done.stderr[-3000:]
         keys = run_keys(load_run_config(preset, overrides))
         out[task] = (wd, preset, overrides, keys, done.stdout + done.stderr)
@@ -127,14 +154,15 @@ def references(tmp_path_factory, small_overrides):
     "task,stage,point,evidence", CASES, ids=[f"{t}-{s}-{p}" for t, s, p, _ in CASES]
 )
 def test_killed_run_resumes_to_identical_artifacts(
-    references, artifact_files, tmp_path, task, stage, point, evidence
+    references, api, artifact_files, tmp_path, task, stage, point, evidence
 ):
     ref, preset, overrides, keys, ref_log = references[task]
     wd, flag = tmp_path / "wd", tmp_path / "fired"
     for name in STAGE_ORDER[: STAGE_ORDER.index(stage)]:
         shutil.copytree(ref / name / keys[name], wd / name / keys[name])
+    server = None if (task, stage, point) == OWN_SERVER else api
 
-    killed = _run(wd, preset, overrides, f"{stage}:{point}:{flag}")
+    killed = _run(wd, preset, overrides, f"{stage}:{point}:{flag}", server)
     log = killed.stdout + killed.stderr
     assert killed.returncode == -9, log[-3000:]  # SIGKILL, the process group's leader included
     assert flag.exists() and "fault injected at" in log
@@ -146,7 +174,7 @@ def test_killed_run_resumes_to_identical_artifacts(
             kept = db.execute("SELECT COUNT(*) FROM memo").fetchone()[0]
         assert kept > 0
 
-    rerun = _run(wd, preset, overrides)
+    rerun = _run(wd, preset, overrides, api=server)
     log = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, log[-3000:]
     stages = json.loads(rerun.stdout.strip().splitlines()[-1])["stages"]
