@@ -37,9 +37,9 @@ ARMS = ("alone", "stale", "own_thread")
 
 
 def _arm(arm: str, preset: str, stage: str, earlier: int, steps: int) -> dict:
+    import profile_training as pt
     import torch
 
-    import profile_training as pt
     from inversescope.config import load_run_config
     from inversescope.core.threads import in_own_thread
     from inversescope.core.tokenizer import train_bpe_tokenizer
