@@ -177,10 +177,16 @@ def seeded(mod: Stage, seed: int) -> Iterator[list[str]]:
             # e.g. the backward of indexing the site encoders by repeated site indices
             # accumulates in parallel on CPU, in whatever order threads finish, unless this is on
             torch.use_deterministic_algorithms(True, warn_only=True)
+            # deterministic mode also fills every new tensor with NaN by default, a check for
+            # kernels that read memory before writing it: ~1,600 fills a controls step, none of
+            # which any value depends on (trained weights equal bit for bit without them)
+            previous_fill = torch.utils.deterministic.fill_uninitialized_memory
+            torch.utils.deterministic.fill_uninitialized_memory = False
             try:
                 yield nondeterministic
             finally:
                 torch.use_deterministic_algorithms(previous)
+                torch.utils.deterministic.fill_uninitialized_memory = previous_fill
         for w in caught:  # the other warnings go on to the usual handlers
             if "does not have a deterministic implementation" in str(w.message):
                 nondeterministic.append(str(w.message).splitlines()[0])

@@ -35,10 +35,21 @@ def config_of(run: RunConfig) -> dict[str, Any]:
         "sites": run.sample_sites,
         "train": controls.train.key(),
         **controls.training_key(run.kernel),
+        **controls.pairs_key(),
     }
 
 
-def _batches(store: ActivationStore, split: str, sites, texts, tokenizer, batch_size, seed, noise):
+def _batches(
+    store: ActivationStore,
+    split: str,
+    sites,
+    texts,
+    tokenizer,
+    batch_size,
+    seed,
+    noise,
+    sites_per_row=None,
+):
     from inversescope.core.pairs import ActivationBatches  # torch: deferred
 
     return ActivationBatches(
@@ -51,6 +62,7 @@ def _batches(store: ActivationStore, split: str, sites, texts, tokenizer, batch_
         batch_size,
         seed,
         noise,
+        sites_per_row,
     )
 
 
@@ -80,7 +92,15 @@ def build(ctx: StageContext) -> dict[str, Any]:
     result = train_causal_lm(
         model,
         _batches(
-            store, "train", sites, train_texts, tokenizer, schedule.batch_size, run.seed, noise
+            store,
+            "train",
+            sites,
+            train_texts,
+            tokenizer,
+            schedule.batch_size,
+            run.seed,
+            noise,
+            run.controls.sites_per_row,
         ),
         schedule,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},

@@ -440,6 +440,17 @@ class ControlsConfig(StageConfig):
     inversionview: InversionViewConfig = Field(
         default_factory=InversionViewConfig, description="method=inversionview: the baseline."
     )
+    sites_per_row: int | None = Field(
+        None,
+        ge=1,
+        description="Training pairs: each visit to a row chunk pairs every row with this many "
+        "sites drawn at random (null: with every site). Fewer sites per row meet more distinct "
+        "prompts in the same number of steps.",
+    )
+
+    def pairs_key(self) -> dict[str, Any]:
+        """How training pairs are drawn (empty for the default: keys as before the option)."""
+        return {} if self.sites_per_row is None else {"sites_per_row": self.sites_per_row}
 
     @property
     def method_config(self) -> GeneratorConfig | InversionViewConfig | None:

@@ -32,6 +32,17 @@ def test_encoder_index_backward_is_deterministic_when_seeded():
     assert not torch.are_deterministic_algorithms_enabled()  # restored afterwards
 
 
+def test_seeded_builds_skip_the_nan_fill_of_new_tensors_and_restore_it():
+    """Deterministic mode fills every new tensor with NaN unless told not to: a debugging aid
+    that no value depends on, skipped inside a seeded build and restored after it."""
+    stage = types.SimpleNamespace(SEEDED=True)
+    assert torch.utils.deterministic.fill_uninitialized_memory
+    with seeded(stage, 0):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.utils.deterministic.fill_uninitialized_memory
+    assert torch.utils.deterministic.fill_uninitialized_memory
+
+
 def test_controls_trained_twice_are_bit_identical(small, tmp_path):
     run = load_run_config("ioi-tiny", [*small, "controls.train.steps=20"])
     keys = run_keys(run)

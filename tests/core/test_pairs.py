@@ -1,0 +1,91 @@
+"""Training pairs of the conditional generator (``core.pairs.ActivationBatches``): which
+(row, site) pairs a visit to a row chunk yields, and that its position survives a checkpoint."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from inversescope.config import ConfigError, check_run, load_run_config
+from inversescope.core.pairs import ActivationBatches
+from inversescope.core.tokenizer import train_bpe_tokenizer
+from inversescope.flows import stage_controls
+
+N_ROWS, CHUNK, SITES, BATCH = 96, 32, ["a", "b", "c", "d", "e"], 8
+TEXTS = [f"prompt number {i}" for i in range(N_ROWS)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer(TEXTS, 300)
+
+
+def _read(site: str, start: int, stop: int) -> np.ndarray:
+    """Rows that name themselves: column 0 the row, column 1 the site's index."""
+    rows = np.arange(start, min(stop, N_ROWS), dtype=np.float32)
+    return np.stack([rows, np.full_like(rows, SITES.index(site))], axis=1)  # (R, 2)
+
+
+def _batches(tokenizer, sites_per_row=None, seed=0) -> ActivationBatches:
+    return ActivationBatches(
+        _read, N_ROWS, CHUNK, SITES, TEXTS, tokenizer, BATCH, seed, None, sites_per_row
+    )
+
+
+def _pairs(batch) -> list[tuple[int, int]]:
+    z = batch["z"].numpy()
+    assert (z[:, 1] == batch["site_idx"].numpy()).all()  # z is the row at its own site
+    return [(int(r), int(s)) for r, s in z]
+
+
+def test_a_chunk_visit_pairs_every_row_with_every_site_by_default(tokenizer):
+    it = _batches(tokenizer)
+    per_chunk = CHUNK * len(SITES) // BATCH  # 20 batches
+    pairs = [p for _ in range(per_chunk) for p in _pairs(next(it))]
+    rows = {r for r, _ in pairs}
+    assert len(rows) == CHUNK and len(set(pairs)) == len(pairs) == CHUNK * len(SITES)
+    assert {r // CHUNK for r in rows} == {min(rows) // CHUNK}  # one chunk at a time
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_sites_per_row_pairs_each_row_with_m_sites_of_its_own(tokenizer, m):
+    it = _batches(tokenizer, m)
+    per_chunk = CHUNK * m // BATCH
+    visits = []
+    for _ in range(N_ROWS // CHUNK):  # one visit to every chunk
+        pairs = [p for _ in range(per_chunk) for p in _pairs(next(it))]
+        per_row = Counter(r for r, _ in pairs)
+        assert len(per_row) == CHUNK and set(per_row.values()) == {m}
+        assert len(set(pairs)) == len(pairs)  # m distinct sites per row
+        visits.append(pairs)
+    rows = {r for pairs in visits for r, _ in pairs}
+    assert rows == set(range(N_ROWS))  # the budget of one default visit meets every prompt
+    sites = Counter(s for pairs in visits for _, s in pairs)
+    assert set(sites) == set(range(len(SITES)))  # rows draw their own sites
+
+
+def test_a_checkpoint_inside_a_chunk_resumes_the_same_batches(tokenizer):
+    it = _batches(tokenizer, 2, seed=3)
+    for _ in range(5):
+        next(it)
+    state = it.state_dict()
+    want = [_pairs(next(it)) for _ in range(12)]  # runs into the next chunk
+    again = _batches(tokenizer, 2, seed=99)
+    again.load_state_dict(state)
+    assert [_pairs(next(again)) for _ in range(12)] == want
+
+
+@pytest.mark.parametrize("m", [0, 6])
+def test_sites_per_row_outside_the_sites_is_refused(tokenizer, m):
+    with pytest.raises(ValueError, match=f"sites_per_row={m}"):
+        _batches(tokenizer, m)
+
+
+def test_sites_per_row_is_in_the_controls_key_only_when_set(small):
+    default = load_run_config("ioi-tiny", small)
+    assert "sites_per_row" not in stage_controls.config_of(default)  # keys as before it
+    four = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=4"])
+    assert stage_controls.config_of(four)["sites_per_row"] == 4
+    too_many = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=21"])
+    with pytest.raises(ConfigError, match="controls.sites_per_row=21 exceeds the 3 sites"):
+        check_run(too_many, probe=False)
