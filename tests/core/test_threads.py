@@ -16,8 +16,10 @@ from inversescope.core.threads import in_own_thread
 WHO = contextvars.ContextVar("who", default="nobody")
 
 
-def _native_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _native_threads() -> set[int]:
+    """The ids of this process's native threads: sets, not counts, so that a thread an earlier
+    test left behind, exiting meanwhile, cannot hide a new one."""
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
 
 
 def _parallel_work() -> float:
@@ -33,12 +35,13 @@ def two_torch_threads():
     torch.set_num_threads(before)
 
 
-def _settled(count, want: int, timeout: float = 5.0) -> int:
-    """The native thread count once it reaches ``want`` (pool workers exit asynchronously)."""
+def _new_threads_settled(base: set[int], timeout: float = 5.0) -> set[int]:
+    """The threads started since ``base`` that are still alive once they have had ``timeout``
+    seconds to exit (pool workers exit asynchronously)."""
     deadline = time.monotonic() + timeout
-    while (n := count()) > want and time.monotonic() < deadline:
+    while (new := _native_threads() - base) and time.monotonic() < deadline:
         time.sleep(0.02)
-    return n
+    return new
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux's /proc lists threads")
@@ -49,13 +52,13 @@ def test_a_build_in_its_own_thread_leaves_no_openmp_pool_behind(two_torch_thread
         base = _native_threads()
         pool.submit(_parallel_work).result()
         time.sleep(0.2)
-        assert _native_threads() > base, "torch's OpenMP pool did not outlive its caller here"
+        assert _native_threads() - base, "torch's OpenMP pool did not outlive its caller here"
     with ThreadPoolExecutor(1) as pool:
         pool.submit(lambda: None).result()
         base = _native_threads()
         for _ in range(3):  # one build after another, as the stages of a run
             pool.submit(in_own_thread, _parallel_work).result()
-        assert _settled(_native_threads, base) == base
+        assert _new_threads_settled(base) == set()
 
 
 def test_the_build_thread_returns_raises_and_sees_the_callers_context():
