@@ -5,12 +5,16 @@ backward, the optimiser, and how much of forward + backward is spent outside tor
 the cost of torch's deterministic algorithms; each at several batch sizes and thread counts.
 
     python benchmarks/profile_training.py [--preset ioi-tiny] [--batches 64,256]
-        [--threads 1,2] [--steps 12] [--out benchmarks/out/profile_training.json]
+        [--threads 1,2] [--steps 12] [--length-groups 8]
+        [--out benchmarks/out/profile_training.json]
 
-Models are built as the stages build them (the preset's shapes, random weights: a step costs the
-same whatever the weights); texts are the task's own prompts and activations random rows of the
-site width, read through the controls' own batch reader. Every figure is the median over
-``--steps`` steps after two warm-up steps, in this one process, one configuration after another.
+Models are built and trained as the stages do it (the preset's shapes, random weights: a step
+costs the same whatever the weights; eager attention on CPU, the fused AdamW, deterministic
+algorithms without their NaN fill of new tensors); texts are the task's own prompts and
+activations random rows of the site width, read through the controls' own batch reader.
+``--length-groups G`` adds rows of the controls step with its batches sorted by length in runs
+of G batches (``controls.length_groups``). Every figure is the median over ``--steps`` steps
+after two warm-up steps, in this one process, one configuration after another.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from inversescope.config import load_run_config
 from inversescope.core.lm_training import TextBatches
 from inversescope.core.methods import method_for
-from inversescope.core.models import build_tiny_gpt2
+from inversescope.core.models import build_tiny_gpt2, prefer_fast_attention
 from inversescope.core.pairs import ActivationBatches
 from inversescope.core.tokenizer import train_bpe_tokenizer
 from inversescope.tasks import PriorOptions, load_task
@@ -60,7 +64,7 @@ def _models(run, tokenizer, texts):
     chunk = run.extract.chunk_rows
     method = method_for(run.controls)
 
-    def control_batches(b):
+    def control_batches(b, length_groups=None):
         noise = method.training_noise(run.kernel, d_site, run.seed)
         return ActivationBatches(
             lambda site, start, stop: rows[start:stop],
@@ -72,6 +76,8 @@ def _models(run, tokenizer, texts):
             b,
             run.seed,
             noise,
+            None,
+            length_groups,
         )
 
     return [
@@ -90,10 +96,12 @@ def _time(fn) -> tuple[float, object]:
 def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> dict:
     torch.manual_seed(0)
     model = build()
+    prefer_fast_attention(model)  # as train_causal_lm
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, fused=True)
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # as flows.stage.seeded
     parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimiser": []}
     for i in range(steps + 2):
         t_data, batch = _time(lambda: next(batches))
@@ -109,6 +117,7 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> 
             for v, t in zip(parts.values(), (t_data, t_fwd, t_bwd, t_opt), strict=True):
                 v.append(t)
     torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True
     med = {k: statistics.median(v) for k, v in parts.items()}
     # FLOPs of one step (forward + backward), counted by torch; the optimiser's ~12 per weight
     batch = next(batches)
@@ -142,6 +151,7 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> 
         "step_ms": 1e3 * step,
         "steps_per_s": 1 / step,
         "tokens_per_batch": tokens,
+        "positions_per_batch": int(batch["input_ids"].numel()),
         "examples_per_s": len(batch["input_ids"]) / step,
         "gflop_per_step": flops / 1e9,
         "gflop_per_s": flops / 1e9 / (step - med["data"]),
@@ -158,6 +168,9 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--stages", default="target,backbone,controls")
+    ap.add_argument(
+        "--length-groups", type=int, default=None, help="also the controls step, length-sorted"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "profile_training.json"))
     args = ap.parse_args()
     run = load_run_config(args.preset, args.overrides)
@@ -172,17 +185,21 @@ def main() -> None:
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             for b in [int(x) for x in args.batches.split(",")]:
-                for det in (True, False):
-                    r = profile_step(build, batches(b), lr, args.steps, det)
+                arms = [(True, None), (False, None)]
+                if stage == "controls" and args.length_groups:
+                    arms.append((True, args.length_groups))
+                for det, groups in arms:
+                    it = batches(b) if groups is None else batches(b, groups)
+                    r = profile_step(build, it, lr, args.steps, det)
                     row = {"stage": stage, "threads": threads, "batch": b, "deterministic": det}
-                    rows.append({**row, **r})
+                    rows.append({**row, "length_groups": groups, **r})
                     print(
-                        f"{stage:9s} threads {threads} batch {b:4d} det {det!s:5s}: "
-                        f"{r['step_ms']:7.1f} ms/step (data {r['data_ms']:.1f}, fwd "
-                        f"{r['forward_ms']:.1f}, bwd {r['backward_ms']:.1f}, opt "
-                        f"{r['optimiser_ms']:.1f}), {r['examples_per_s']:6.0f} ex/s, "
-                        f"{r['gflop_per_s']:5.1f} GFLOP/s, outside ops "
-                        f"{100 * r['outside_ops_share']:.0f} %",
+                        f"{stage:9s} threads {threads} batch {b:4d} det {det!s:5s} "
+                        f"groups {groups}: {r['step_ms']:7.1f} ms/step (data "
+                        f"{r['data_ms']:.1f}, fwd {r['forward_ms']:.1f}, bwd "
+                        f"{r['backward_ms']:.1f}, opt {r['optimiser_ms']:.1f}), "
+                        f"{r['examples_per_s']:6.0f} ex/s, {r['gflop_per_s']:5.1f} GFLOP/s, "
+                        f"outside ops {100 * r['outside_ops_share']:.0f} %",
                         flush=True,
                     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ def _batches(
     seed,
     noise,
     sites_per_row=None,
+    length_groups=None,
 ):
     from inversescope.core.pairs import ActivationBatches  # torch: deferred
 
@@ -63,6 +64,7 @@ def _batches(
         seed,
         noise,
         sites_per_row,
+        length_groups,
     )
 
 
@@ -101,6 +103,7 @@ def build(ctx: StageContext) -> dict[str, Any]:
             run.seed,
             noise,
             run.controls.sites_per_row,
+            run.controls.length_groups,
         ),
         schedule,
         evaluate=lambda m: {"held_out_loss": mean_loss(m, held_out)},

@@ -448,9 +448,17 @@ class ControlsConfig(StageConfig):
         "prompts in the same number of steps.",
     )
 
+    length_groups: int | None = Field(
+        None,
+        ge=1,
+        description="Training batches: sort each run of this many batches by prompt length, so "
+        "that a batch pads little (null: batches of random lengths).",
+    )
+
     def pairs_key(self) -> dict[str, Any]:
-        """How training pairs are drawn (empty for the default: keys as before the option)."""
-        return {} if self.sites_per_row is None else {"sites_per_row": self.sites_per_row}
+        """How training pairs are drawn (empty for the defaults: keys as before the options)."""
+        fields = {"sites_per_row": self.sites_per_row, "length_groups": self.length_groups}
+        return {k: v for k, v in fields.items() if v is not None}
 
     @property
     def method_config(self) -> GeneratorConfig | InversionViewConfig | None:

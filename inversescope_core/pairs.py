@@ -10,6 +10,11 @@ A visit to a chunk yields each of its rows at every site (the default), or, with
 ``sites_per_row = m``, at m sites drawn for that row and visit: a chunk then lasts S / m times
 fewer steps, so a budget of steps meets S / m times more distinct prompts (at the 3000 steps of
 ``ioi-tiny``, 20 sites and 2048-row chunks: 9,600 prompts at all 20 sites each, or 48,000 at 4).
+
+With ``length_groups = g``, every run of g batches of the shuffled pairs is sorted by the
+length of its prompts, cut into g batches again, and those g batches are shuffled: each batch
+then holds prompts of about one length and pads little (ioi-tiny: 79.5 % of a random batch's
+positions are tokens, 97.5 % at g = 8), while every pair is still seen once per visit.
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ class ActivationBatches:
         seed: int,
         noise=None,
         sites_per_row: int | None = None,
+        length_groups: int | None = None,
     ):
         if len(texts) != n_rows:
             raise ValueError(f"{len(texts)} texts for {n_rows} activation rows")
         if sites_per_row is not None and not 1 <= sites_per_row <= len(sites):
             raise ValueError(f"sites_per_row={sites_per_row}: between 1 and {len(sites)} sites")
-        self.sites_per_row = sites_per_row
+        if length_groups is not None and length_groups < 1:
+            raise ValueError(f"length_groups={length_groups}: at least 1 batch")
+        self.sites_per_row, self.length_groups = sites_per_row, length_groups
         self.read, self.sites, self.texts = read, sites, texts
         self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise
         self.rng = random.Random(seed)
@@ -82,6 +90,8 @@ class ActivationBatches:
                     (r, s) for r in range(n_rows) for s in self.rng.sample(range(n_sites), m)
                 ]
             self.rng.shuffle(self.pairs)
+            if self.length_groups is not None:
+                self.pairs = self._by_length(self.pairs)
             self.i = 0
         assert self.chunk is not None
         picked = self.pairs[self.i : self.i + self.batch_size]
@@ -93,6 +103,21 @@ class ActivationBatches:
             z = z + self.noise(z)
         batch = lm_batch(self.tokenizer, [self.texts[self.start + r] for r in rows])
         return {**batch, "z": z, "site_idx": site_idx}
+
+    def _by_length(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Each run of ``length_groups`` batches sorted by prompt length (ties keep the shuffled
+        order), cut into batches, the batches of the run shuffled."""
+        eos = self.tokenizer.eos_token
+        texts = [eos + self.texts[self.start + r] + eos for r in range(self.chunk.shape[1])]
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        b, run = self.batch_size, self.batch_size * self.length_groups
+        out: list[tuple[int, int]] = []
+        for i in range(0, len(pairs), run):
+            group = sorted(pairs[i : i + run], key=lambda p: lengths[p[0]])
+            batches = [group[j : j + b] for j in range(0, len(group), b)]
+            self.rng.shuffle(batches)
+            out.extend(p for batch in batches for p in batch)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {

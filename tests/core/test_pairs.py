@@ -12,7 +12,7 @@ from inversescope.core.tokenizer import train_bpe_tokenizer
 from inversescope.flows import stage_controls
 
 N_ROWS, CHUNK, SITES, BATCH = 96, 32, ["a", "b", "c", "d", "e"], 8
-TEXTS = [f"prompt number {i}" for i in range(N_ROWS)]
+TEXTS = [f"prompt number {i}" + " and more" * (i % 6) for i in range(N_ROWS)]  # 6 lengths
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,19 @@ def _read(site: str, start: int, stop: int) -> np.ndarray:
     return np.stack([rows, np.full_like(rows, SITES.index(site))], axis=1)  # (R, 2)
 
 
-def _batches(tokenizer, sites_per_row=None, seed=0) -> ActivationBatches:
+def _batches(tokenizer, sites_per_row=None, seed=0, length_groups=None) -> ActivationBatches:
     return ActivationBatches(
-        _read, N_ROWS, CHUNK, SITES, TEXTS, tokenizer, BATCH, seed, None, sites_per_row
+        _read,
+        N_ROWS,
+        CHUNK,
+        SITES,
+        TEXTS,
+        tokenizer,
+        BATCH,
+        seed,
+        None,
+        sites_per_row,
+        length_groups,
     )
 
 
@@ -75,17 +85,47 @@ def test_a_checkpoint_inside_a_chunk_resumes_the_same_batches(tokenizer):
     assert [_pairs(next(again)) for _ in range(12)] == want
 
 
+def test_length_groups_batch_prompts_of_one_length_and_keep_every_pair(tokenizer):
+    per_chunk = CHUNK * len(SITES) // BATCH
+    positions, spread = {}, {}
+    for groups in (None, 4):
+        it = _batches(tokenizer, length_groups=groups)
+        batches = [next(it) for _ in range(per_chunk)]
+        pairs = [p for b in batches for p in _pairs(b)]
+        assert len(set(pairs)) == len(pairs) == CHUNK * len(SITES)  # one visit, every pair
+        positions[groups] = sum(b["input_ids"].numel() for b in batches)
+        lengths = [b["attention_mask"].sum(1) for b in batches]  # (B,) tokens of each prompt
+        spread[groups] = sum(int(n.max() - n.min()) for n in lengths) / per_chunk
+    assert positions[4] < 0.85 * positions[None]
+    assert spread[4] < 0.5 * spread[None]
+    for b in batches:  # labels are the tokens, padding masked out, as lm_batch builds them
+        assert ((b["labels"] == -100) == (b["attention_mask"] == 0)).all()
+
+
+def test_length_groups_resume_from_a_checkpoint(tokenizer):
+    it = _batches(tokenizer, 2, seed=5, length_groups=3)
+    for _ in range(7):
+        next(it)
+    state = it.state_dict()
+    want = [_pairs(next(it)) for _ in range(10)]
+    again = _batches(tokenizer, 2, seed=0, length_groups=3)
+    again.load_state_dict(state)
+    assert [_pairs(next(again)) for _ in range(10)] == want
+
+
 @pytest.mark.parametrize("m", [0, 6])
 def test_sites_per_row_outside_the_sites_is_refused(tokenizer, m):
     with pytest.raises(ValueError, match=f"sites_per_row={m}"):
         _batches(tokenizer, m)
 
 
-def test_sites_per_row_is_in_the_controls_key_only_when_set(small):
+def test_pair_options_are_in_the_controls_key_only_when_set(small):
     default = load_run_config("ioi-tiny", small)
     assert "sites_per_row" not in stage_controls.config_of(default)  # keys as before it
     four = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=4"])
     assert stage_controls.config_of(four)["sites_per_row"] == 4
+    grouped = load_run_config("ioi-tiny", [*small, "controls.length_groups=8"])
+    assert stage_controls.config_of(grouped)["length_groups"] == 8
     too_many = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=21"])
     with pytest.raises(ConfigError, match="controls.sites_per_row=21 exceeds the 3 sites"):
         check_run(too_many, probe=False)
