@@ -398,11 +398,6 @@ def check_run(run: RunConfig, probe: bool = True) -> None:
         raise ConfigError(
             f"sample.sites {missing} are not extracted; accepted: {', '.join(run.extract.sites)}"
         )
-    per_row = run.controls.sites_per_row
-    if per_row is not None and per_row > len(run.sample_sites):
-        raise ConfigError(
-            f"controls.sites_per_row={per_row} exceeds the {len(run.sample_sites)} sites trained on"
-        )
     if run.sample.n_examples > run.prior.n_test:
         raise ConfigError(
             f"sample.n_examples={run.sample.n_examples} exceeds prior.n_test={run.prior.n_test}"

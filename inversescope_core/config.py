@@ -444,8 +444,8 @@ class ControlsConfig(StageConfig):
         None,
         ge=1,
         description="Training pairs: each visit to a row chunk pairs every row with this many "
-        "sites drawn at random (null: with every site). Fewer sites per row meet more distinct "
-        "prompts in the same number of steps.",
+        "sites drawn at random (null, or at least as many as the run trains on: with every "
+        "site). Fewer sites per row meet more distinct prompts in the same number of steps.",
     )
 
     length_groups: int | None = Field(

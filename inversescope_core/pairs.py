@@ -7,9 +7,10 @@ current chunk) is checkpointable, so a resumed training sees exactly the batches
 uninterrupted one would. Peak memory is one chunk of every site, whatever the number of rows.
 
 A visit to a chunk yields each of its rows at every site (the default), or, with
-``sites_per_row = m``, at m sites drawn for that row and visit: a chunk then lasts S / m times
-fewer steps, so a budget of steps meets S / m times more distinct prompts (at the 3000 steps of
-``ioi-tiny``, 20 sites and 2048-row chunks: 9,600 prompts at all 20 sites each, or 48,000 at 4).
+``sites_per_row = m`` below the S sites, at m sites drawn for that row and visit: a chunk then
+lasts S / m times fewer steps, so a budget of steps meets S / m times more distinct prompts (at
+the 3000 steps of ``ioi-tiny``, 20 sites and 2048-row chunks: 9,600 prompts at all 20 sites
+each, or 48,000 at 4). With m at least S, every row meets every site, as without the option.
 
 With ``length_groups = g``, every run of g batches of the shuffled pairs is sorted by the
 length of its prompts, cut into g batches again, and those g batches are shuffled: each batch
@@ -50,10 +51,12 @@ class ActivationBatches:
     ):
         if len(texts) != n_rows:
             raise ValueError(f"{len(texts)} texts for {n_rows} activation rows")
-        if sites_per_row is not None and not 1 <= sites_per_row <= len(sites):
-            raise ValueError(f"sites_per_row={sites_per_row}: between 1 and {len(sites)} sites")
+        if sites_per_row is not None and sites_per_row < 1:
+            raise ValueError(f"sites_per_row={sites_per_row}: at least 1 site")
         if length_groups is not None and length_groups < 1:
             raise ValueError(f"length_groups={length_groups}: at least 1 batch")
+        if sites_per_row is not None and sites_per_row >= len(sites):
+            sites_per_row = None  # every row at every site, as without the option
         self.sites_per_row, self.length_groups = sites_per_row, length_groups
         self.read, self.sites, self.texts = read, sites, texts
         self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from inversescope.config import ConfigError, check_run, load_run_config
+from inversescope.config import check_run, load_run_config
 from inversescope.core.pairs import ActivationBatches
 from inversescope.core.tokenizer import train_bpe_tokenizer
 from inversescope.flows import stage_controls
@@ -113,19 +113,30 @@ def test_length_groups_resume_from_a_checkpoint(tokenizer):
     assert [_pairs(next(again)) for _ in range(10)] == want
 
 
-@pytest.mark.parametrize("m", [0, 6])
-def test_sites_per_row_outside_the_sites_is_refused(tokenizer, m):
-    with pytest.raises(ValueError, match=f"sites_per_row={m}"):
-        _batches(tokenizer, m)
+def test_sites_per_row_below_one_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="sites_per_row=0"):
+        _batches(tokenizer, 0)
+
+
+@pytest.mark.parametrize("m", [5, 6])
+def test_sites_per_row_at_or_above_the_sites_pairs_every_site(tokenizer, m):
+    # a run that trains on fewer sites than the preset's sites_per_row: every row at every site
+    default, capped = _batches(tokenizer), _batches(tokenizer, m)
+    want = [_pairs(next(default)) for _ in range(30)]  # past the first chunk
+    assert [_pairs(next(capped)) for _ in range(30)] == want
 
 
 def test_pair_options_are_in_the_controls_key_only_when_set(small):
-    default = load_run_config("ioi-tiny", small)
-    assert "sites_per_row" not in stage_controls.config_of(default)  # keys as before it
-    four = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=4"])
+    unset = ["controls.sites_per_row=null", "controls.length_groups=null"]
+    default = load_run_config("ioi-tiny", [*small, *unset])
+    config = stage_controls.config_of(default)
+    assert "sites_per_row" not in config and "length_groups" not in config  # keys as before them
+    four = load_run_config("ioi-tiny", [*small, *unset, "controls.sites_per_row=4"])
     assert stage_controls.config_of(four)["sites_per_row"] == 4
-    grouped = load_run_config("ioi-tiny", [*small, "controls.length_groups=8"])
+    grouped = load_run_config("ioi-tiny", [*small, *unset, "controls.length_groups=8"])
     assert stage_controls.config_of(grouped)["length_groups"] == 8
-    too_many = load_run_config("ioi-tiny", [*small, "controls.sites_per_row=21"])
-    with pytest.raises(ConfigError, match="controls.sites_per_row=21 exceeds the 3 sites"):
-        check_run(too_many, probe=False)
+    # the preset's own values, and a run on fewer sites than sites_per_row is no error
+    preset = load_run_config("ioi-tiny", small)
+    assert stage_controls.config_of(preset)["sites_per_row"] == 4
+    assert stage_controls.config_of(preset)["length_groups"] == 8
+    check_run(load_run_config("ioi-tiny", [*small, "controls.sites_per_row=21"]), probe=False)
