@@ -23,12 +23,21 @@ from inversescope.core.progress import Progress
 log = logging.getLogger(__name__)
 
 
+def _framed(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[str]:
+    eos = tokenizer.eos_token
+    return [eos + t + eos for t in texts]
+
+
+def lm_lengths(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int]:
+    """Each text's row length in ``lm_batch`` (its tokens with the two ``<eos>``)."""
+    return [len(ids) for ids in tokenizer(_framed(tokenizer, texts))["input_ids"]]
+
+
 def lm_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
     """``<eos> text <eos>`` rows, right-padded, with next-token labels; padding is masked out of
     the labels (-100). The one way every LM of the pipeline reads a text in training."""
-    eos = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    enc = tokenizer([eos + t + eos for t in texts], return_tensors="pt", padding=True)
+    enc = tokenizer(_framed(tokenizer, texts), return_tensors="pt", padding=True)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)  # (B, T)
     return {
         "input_ids": enc["input_ids"],

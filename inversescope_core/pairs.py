@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inversescope.core.lm_training import lm_batch
+from inversescope.core.lm_training import lm_batch, lm_lengths
 
 ReadRows = Callable[[str, int, int], np.ndarray]
 
@@ -61,6 +61,7 @@ class ActivationBatches:
         self.read, self.sites, self.texts = read, sites, texts
         self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise
         self.rng = random.Random(seed)
+        self._lengths: dict[int, list[int]] = {}  # chunk start -> its rows' lengths (derived)
         self.step = chunk_rows
         self.starts = list(range(0, n_rows, chunk_rows))
         self.pos = len(self.starts)  # the first call starts an epoch
@@ -110,9 +111,10 @@ class ActivationBatches:
     def _by_length(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Each run of ``length_groups`` batches sorted by prompt length (ties keep the shuffled
         order), cut into batches, the batches of the run shuffled."""
-        eos = self.tokenizer.eos_token
-        texts = [eos + self.texts[self.start + r] + eos for r in range(self.chunk.shape[1])]
-        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        if self.start not in self._lengths:  # a chunk's lengths, once per run
+            texts = [self.texts[self.start + r] for r in range(self.chunk.shape[1])]
+            self._lengths[self.start] = lm_lengths(self.tokenizer, texts)
+        lengths = self._lengths[self.start]
         b, run = self.batch_size, self.batch_size * self.length_groups
         out: list[tuple[int, int]] = []
         for i in range(0, len(pairs), run):
