@@ -5,7 +5,7 @@ backward, the optimiser, and how much of forward + backward is spent outside tor
 the cost of torch's deterministic algorithms; each at several batch sizes and thread counts.
 
     python benchmarks/profile_training.py [--preset ioi-tiny] [--batches 64,256]
-        [--threads 1,2] [--steps 12] [--length-groups 8]
+        [--threads 1,2] [--steps 12] [--length-groups 8] [--ops 20] [--kernels]
         [--out benchmarks/out/profile_training.json]
 
 Models are built and trained as the stages do it (the preset's shapes, random weights: a step
@@ -13,7 +13,11 @@ costs the same whatever the weights; eager attention on CPU, the fused AdamW, de
 algorithms without their NaN fill of new tensors); texts are the task's own prompts and
 activations random rows of the site width, read through the controls' own batch reader.
 ``--length-groups G`` adds rows of the controls step with its batches sorted by length in runs
-of G batches (``controls.length_groups``). Every figure is the median over ``--steps`` steps
+of G batches (``controls.length_groups``). ``--ops N`` adds each row's N operators of most self
+time over 10 more whole steps (torch's profiler, which adds its own overhead: shares, not
+times, compare across rows). ``--kernels`` times the step's matrix products alone, in float32
+and bfloat16, and both forms of GELU, at batch × the prompts' median length rows (a
+length-sorted batch). Every step figure is the median over ``--steps`` steps
 after two warm-up steps, in this one process, one configuration after another.
 """
 
@@ -30,7 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from inversescope.config import load_run_config
-from inversescope.core.lm_training import TextBatches
+from inversescope.core.lm_training import TextBatches, lm_lengths
 from inversescope.core.methods import method_for
 from inversescope.core.models import build_tiny_gpt2, prefer_fast_attention
 from inversescope.core.pairs import ActivationBatches
@@ -93,7 +97,62 @@ def _time(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
-def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> dict:
+def top_operators(step, n: int, steps: int = 10) -> list[dict]:
+    """The ``n`` operators of most self time over ``steps`` calls of ``step`` (torch's
+    profiler), per step: milliseconds, calls and share of the profiled time."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    return [
+        {
+            "op": e.key,
+            "ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+            "calls_per_step": e.count / steps,
+            "share": e.self_cpu_time_total / total,
+        }
+        for e in ranked
+    ]
+
+
+def kernels(threads: int, rows: int, d: int, repeats: int = 50) -> list[dict]:
+    """Matrix products of a step's shapes (``rows`` positions, width ``d``: the attention's
+    input and output maps, the MLP's, the LM head of 1024 tokens) in float32 and bfloat16, and
+    the two forms of GELU on the MLP's hidden state; each the mean of ``repeats`` calls."""
+    torch.set_num_threads(threads)
+
+    def mean_s(fn) -> float:
+        for _ in range(5):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+
+    out = []
+    for m, k, n in [(rows, d, 3 * d), (rows, d, d), (rows, d, 4 * d), (rows, 4 * d, d)] + [
+        (rows, d, 1024)
+    ]:
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            s = mean_s(lambda a=a, b=b: a @ b)
+            out.append(
+                {
+                    "op": f"mm {m}x{k}x{n} {dtype}",
+                    "ms": 1e3 * s,
+                    "gflop_per_s": 2 * m * k * n / s / 1e9,
+                }
+            )
+    x = torch.randn(rows, 4 * d)
+    for form in ("tanh", "none"):
+        s = mean_s(lambda f=form: torch.nn.functional.gelu(x, approximate=f))
+        out.append({"op": f"gelu approximate={form} {rows}x{4 * d}", "ms": 1e3 * s})
+    return out
+
+
+def profile_step(build, batches, lr: float, steps: int, deterministic: bool, ops: int = 0) -> dict:
     torch.manual_seed(0)
     model = build()
     prefer_fast_attention(model)  # as train_causal_lm
@@ -116,6 +175,15 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> 
         if i >= 2:
             for v, t in zip(parts.values(), (t_data, t_fwd, t_bwd, t_opt), strict=True):
                 v.append(t)
+    operators = []
+    if ops:
+
+        def whole_step():
+            model(**next(batches)).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        operators = top_operators(whole_step, ops)
     torch.use_deterministic_algorithms(False)
     torch.utils.deterministic.fill_uninitialized_memory = True
     med = {k: statistics.median(v) for k, v in parts.items()}
@@ -157,6 +225,7 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool) -> 
         "gflop_per_s": flops / 1e9 / (step - med["data"]),
         "outside_ops_share": max(0.0, 1 - inside / wall),
         "trainable_parameters": n_params,
+        "top_operators": operators,
     }
 
 
@@ -170,6 +239,12 @@ def main() -> None:
     ap.add_argument("--stages", default="target,backbone,controls")
     ap.add_argument(
         "--length-groups", type=int, default=None, help="also the controls step, length-sorted"
+    )
+    ap.add_argument(
+        "--ops", type=int, default=0, help="also the N operators of most self time (profiler)"
+    )
+    ap.add_argument(
+        "--kernels", action="store_true", help="also fp32/bf16 matrix products and GELU forms"
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "profile_training.json"))
     args = ap.parse_args()
@@ -190,7 +265,7 @@ def main() -> None:
                     arms.append((True, args.length_groups))
                 for det, groups in arms:
                     it = batches(b) if groups is None else batches(b, groups)
-                    r = profile_step(build, it, lr, args.steps, det)
+                    r = profile_step(build, it, lr, args.steps, det, args.ops)
                     row = {"stage": stage, "threads": threads, "batch": b, "deterministic": det}
                     rows.append({**row, "length_groups": groups, **r})
                     print(
@@ -202,8 +277,25 @@ def main() -> None:
                         f"outside ops {100 * r['outside_ops_share']:.0f} %",
                         flush=True,
                     )
+                    for o in r["top_operators"]:
+                        print(
+                            f"    {o['op']:45s} {o['ms_per_step']:7.2f} ms/step "
+                            f"{o['calls_per_step']:6.1f} calls {100 * o['share']:5.1f} %"
+                        )
+    extra = {}
+    if args.kernels:
+        positions = int(statistics.median(lm_lengths(tokenizer, texts)))
+        extra["kernels"] = []
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for b in [int(x) for x in args.batches.split(",")]:
+                for k in kernels(threads, b * positions, run.target.arch.d_model):
+                    extra["kernels"].append({"threads": threads, "batch": b, **k})
+                    rate = f" {k['gflop_per_s']:6.1f} GFLOP/s" if "gflop_per_s" in k else ""
+                    print(f"threads {threads} batch {b}: {k['op']:40s} {k['ms']:7.3f} ms{rate}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=1))
+    Path(args.out).write_text(
+        json.dumps({"torch": torch.__version__, "rows": rows, **extra}, indent=1)
+    )
 
 
 if __name__ == "__main__":
