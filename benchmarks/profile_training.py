@@ -117,10 +117,11 @@ def top_operators(step, n: int, steps: int = 10) -> list[dict]:
     ]
 
 
-def kernels(threads: int, rows: int, d: int, repeats: int = 50) -> list[dict]:
+def kernels(threads: int, rows: int, d: int, vocab: int, repeats: int = 50) -> list[dict]:
     """Matrix products of a step's shapes (``rows`` positions, width ``d``: the attention's
-    input and output maps, the MLP's, the LM head of 1024 tokens) in float32 and bfloat16, and
-    the two forms of GELU on the MLP's hidden state; each the mean of ``repeats`` calls."""
+    input and output maps, the MLP's, the LM head over ``vocab`` tokens) in float32 and
+    bfloat16, and the two forms of GELU on the MLP's hidden state; each the mean of ``repeats``
+    calls."""
     torch.set_num_threads(threads)
 
     def mean_s(fn) -> float:
@@ -132,8 +133,12 @@ def kernels(threads: int, rows: int, d: int, repeats: int = 50) -> list[dict]:
         return (time.perf_counter() - t0) / repeats
 
     out = []
-    for m, k, n in [(rows, d, 3 * d), (rows, d, d), (rows, d, 4 * d), (rows, 4 * d, d)] + [
-        (rows, d, 1024)
+    for m, k, n in [
+        (rows, d, 3 * d),
+        (rows, d, d),
+        (rows, d, 4 * d),
+        (rows, 4 * d, d),
+        (rows, d, vocab),
     ]:
         for dtype in (torch.float32, torch.bfloat16):
             a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
@@ -285,10 +290,11 @@ def main() -> None:
     extra = {}
     if args.kernels:
         positions = int(statistics.median(lm_lengths(tokenizer, texts)))
+        arch = run.target.arch
         extra["kernels"] = []
         for threads in [int(t) for t in args.threads.split(",")]:
             for b in [int(x) for x in args.batches.split(",")]:
-                for k in kernels(threads, b * positions, run.target.arch.d_model):
+                for k in kernels(threads, b * positions, arch.d_model, arch.vocab_size):
                     extra["kernels"].append({"threads": threads, "batch": b, **k})
                     rate = f" {k['gflop_per_s']:6.1f} GFLOP/s" if "gflop_per_s" in k else ""
                     print(f"threads {threads} batch {b}: {k['op']:40s} {k['ms']:7.3f} ms{rate}")
