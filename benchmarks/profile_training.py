@@ -6,6 +6,7 @@ the cost of torch's deterministic algorithms; each at several batch sizes and th
 
     python benchmarks/profile_training.py [--preset ioi-tiny] [--batches 64,256]
         [--threads 1,2] [--steps 12] [--length-groups 8] [--ops 20] [--kernels]
+        [--precisions float32,bfloat16]
         [--out benchmarks/out/profile_training.json]
 
 Models are built and trained as the stages do it (the preset's shapes, random weights: a step
@@ -17,7 +18,9 @@ of G batches (``controls.length_groups``). ``--ops N`` adds each row's N operato
 time over 10 more whole steps (torch's profiler, which adds its own overhead: shares, not
 times, compare across rows). ``--kernels`` times the step's matrix products alone, in float32
 and bfloat16, and both forms of GELU, at batch × the prompts' median length rows (a
-length-sorted batch). Every step figure is the median over ``--steps`` steps
+length-sorted batch). ``--precisions`` adds the deterministic rows again for each precision
+listed besides float32, the forward pass under autocast as ``TrainConfig.precision`` runs it.
+Every step figure is the median over ``--steps`` steps
 after two warm-up steps, in this one process, one configuration after another.
 """
 
@@ -157,8 +160,22 @@ def kernels(threads: int, rows: int, d: int, vocab: int, repeats: int = 50) -> l
     return out
 
 
-def profile_step(build, batches, lr: float, steps: int, deterministic: bool, ops: int = 0) -> dict:
+def profile_step(
+    build,
+    batches,
+    lr: float,
+    steps: int,
+    deterministic: bool,
+    ops: int = 0,
+    precision: str = "float32",
+) -> dict:
     torch.manual_seed(0)
+    low = precision == "bfloat16"
+
+    def forward(b):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            return model(**b).loss
+
     model = build()
     prefer_fast_attention(model)  # as train_causal_lm
     model.train()
@@ -169,7 +186,7 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool, ops
     parts: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimiser": []}
     for i in range(steps + 2):
         t_data, batch = _time(lambda: next(batches))
-        t_fwd, loss = _time(lambda b=batch: model(**b).loss)
+        t_fwd, loss = _time(lambda b=batch: forward(b))
         t_bwd, _ = _time(loss.backward)
 
         def optimise():
@@ -184,7 +201,7 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool, ops
     if ops:
 
         def whole_step():
-            model(**next(batches)).loss.backward()
+            forward(next(batches)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 
@@ -195,14 +212,14 @@ def profile_step(build, batches, lr: float, steps: int, deterministic: bool, ops
     # FLOPs of one step (forward + backward), counted by torch; the optimiser's ~12 per weight
     batch = next(batches)
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        forward(batch).backward()
     opt.zero_grad(set_to_none=True)
     n_params = sum(p.numel() for p in params)
     flops = counter.get_total_flops() + 12 * n_params
     # time inside torch's operators during forward + backward (profiler), the rest is Python
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
-        model(**batch).loss.backward()
+        forward(batch).backward()
         wall = time.perf_counter() - t0
     opt.zero_grad(set_to_none=True)
     # self time of the outermost operators (dispatcher-level aten ops that no other op nests)
@@ -251,6 +268,9 @@ def main() -> None:
     ap.add_argument(
         "--kernels", action="store_true", help="also fp32/bf16 matrix products and GELU forms"
     )
+    ap.add_argument(
+        "--precisions", default="float32", help="also these step precisions (bfloat16 autocast)"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "profile_training.json"))
     args = ap.parse_args()
     run = load_run_config(args.preset, args.overrides)
@@ -265,17 +285,22 @@ def main() -> None:
         for threads in [int(t) for t in args.threads.split(",")]:
             torch.set_num_threads(threads)
             for b in [int(x) for x in args.batches.split(",")]:
-                arms = [(True, None), (False, None)]
+                groups_of = [None]
                 if stage == "controls" and args.length_groups:
-                    arms.append((True, args.length_groups))
-                for det, groups in arms:
+                    groups_of.append(args.length_groups)
+                arms = [(True, None, "float32"), (False, None, "float32")]
+                arms += [(True, g, "float32") for g in groups_of[1:]]
+                for precision in args.precisions.split(","):
+                    if precision != "float32":
+                        arms += [(True, g, precision) for g in groups_of]
+                for det, groups, precision in arms:
                     it = batches(b) if groups is None else batches(b, groups)
-                    r = profile_step(build, it, lr, args.steps, det, args.ops)
+                    r = profile_step(build, it, lr, args.steps, det, args.ops, precision)
                     row = {"stage": stage, "threads": threads, "batch": b, "deterministic": det}
-                    rows.append({**row, "length_groups": groups, **r})
+                    rows.append({**row, "length_groups": groups, "precision": precision, **r})
                     print(
                         f"{stage:9s} threads {threads} batch {b:4d} det {det!s:5s} "
-                        f"groups {groups}: {r['step_ms']:7.1f} ms/step (data "
+                        f"groups {groups} {precision}: {r['step_ms']:7.1f} ms/step (data "
                         f"{r['data_ms']:.1f}, fwd {r['forward_ms']:.1f}, bwd "
                         f"{r['backward_ms']:.1f}, opt {r['optimiser_ms']:.1f}), "
                         f"{r['examples_per_s']:6.0f} ex/s, {r['gflop_per_s']:5.1f} GFLOP/s, "

@@ -78,6 +78,7 @@ def build(ctx: StageContext) -> dict[str, Any]:
     return {
         "held_out_loss": result.evals[-1][1]["held_out_loss"],
         "evals": result.evals,
+        "precision": result.precision,
         "steps": result.steps,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
     }

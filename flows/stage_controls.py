@@ -119,5 +119,6 @@ def build(ctx: StageContext) -> dict[str, Any]:
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "held_out_loss": result.evals[-1][1]["held_out_loss"],
         "evals": result.evals,
+        "precision": result.precision,
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
     }

@@ -121,6 +121,7 @@ def _train(run: RunConfig, prior: Artifact, ctx: StageContext) -> dict[str, Any]
         "final_loss": result.losses[-1][1],
         "loss_curve": result.losses[:: max(1, len(result.losses) // 50)],
         "evals": result.evals,
+        "precision": result.precision,
         "n_params": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
     }

@@ -98,6 +98,13 @@ class TrainConfig(StageConfig):
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     eval_every: int = Field(250, gt=0, description="Steps between evaluations.")
+    precision: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description="The training step's matrix products: float32; bfloat16 under autocast "
+        "(weights, gradients and optimiser state stay float32); auto: bfloat16 where the "
+        "device multiplies it natively (a CUDA device that supports it, a CPU with AMX), "
+        "float32 elsewhere. The manifest records which one ran; a resumed run keeps its own.",
+    )
     checkpoint_every: int = Field(
         100,
         ge=0,
@@ -111,6 +118,8 @@ class TrainConfig(StageConfig):
         out = self.model_dump(mode="json", exclude={"checkpoint_every"})
         if self.decay == "constant":  # as before the option existed: those keys stay valid
             out.pop("decay"), out.pop("min_lr_ratio")
+        if self.precision == "float32":  # likewise
+            out.pop("precision")
         return out
 
     def lr_factor(self, step: int) -> float:

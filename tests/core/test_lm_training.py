@@ -56,10 +56,12 @@ class CrashingBatches:
         self.inner.load_state_dict(state)
 
 
-def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog, precision):
     """Killed after step 7 with checkpoints every 3 steps, the rerun (a freshly initialised
     model, fresh batches) continues from step 6 and ends with the weights, optimiser state and
-    losses of an uninterrupted run; dropout is on, so the random generators' state matters."""
+    losses of an uninterrupted run; dropout is on, so the random generators' state matters.
+    Under bfloat16 autocast too."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from inversescope.core.config import TrainConfig
@@ -67,7 +69,9 @@ def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog)
     from inversescope.tasks import ioi
 
     texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
-    schedule = TrainConfig(steps=10, batch_size=8, warmup=4, eval_every=5, checkpoint_every=3)
+    schedule = TrainConfig(
+        steps=10, batch_size=8, warmup=4, eval_every=5, checkpoint_every=3, precision=precision
+    )
     cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tiny_tokenizer))
 
     def fresh(seed: int):
@@ -93,8 +97,65 @@ def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog)
         resumed = train_causal_lm(model_c, batches_c, schedule, evaluate, checkpoint=ckpt)
     assert "resuming from the checkpoint at step 6 of 10" in caplog.text
     assert resumed.losses == whole.losses and resumed.evals == whole.evals
+    assert whole.precision == resumed.precision == precision
     a, c = model.state_dict(), model_c.state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _tiny_training(tokenizer, precision, checkpoint=None, crash_after=None):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from inversescope.core.config import TrainConfig
+    from inversescope.core.lm_training import TextBatches, train_causal_lm
+    from inversescope.tasks import ioi
+
+    texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
+    schedule = TrainConfig(
+        steps=6, batch_size=8, warmup=2, eval_every=100, checkpoint_every=2, precision=precision
+    )
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg)
+    batches = TextBatches(texts, tokenizer, 8, seed=0)
+    if crash_after is not None:
+        batches = CrashingBatches(batches, crash_after)
+    return model, train_causal_lm(model, batches, schedule, checkpoint=checkpoint)
+
+
+def test_bfloat16_autocast_trains_float32_weights(tiny_tokenizer):
+    """bfloat16 changes the step's products (other losses than float32's from the same start)
+    but not what is kept: weights stay float32, and the loss still falls."""
+    model32, run32 = _tiny_training(tiny_tokenizer, "float32")
+    model16, run16 = _tiny_training(tiny_tokenizer, "bfloat16")
+    assert run32.precision == "float32" and run16.precision == "bfloat16"
+    assert [v for _, v in run16.losses] != [v for _, v in run32.losses]
+    assert all(p.dtype == torch.float32 for p in model16.parameters())
+    assert run16.losses[-1][1] < run16.losses[0][1]
+
+
+def test_auto_precision_follows_the_device_and_a_resume_keeps_its_own(
+    tiny_tokenizer, tmp_path, monkeypatch
+):
+    """``auto`` is bfloat16 only where the hardware multiplies it; a run resumed on a host where
+    ``auto`` resolves otherwise keeps the precision its checkpoint began in."""
+    from inversescope.core import lm_training
+
+    assert lm_training.training_precision("float32", torch.device("cpu")) == "float32"
+    assert lm_training.training_precision("bfloat16", torch.device("cpu")) == "bfloat16"
+    native = lm_training.native_bfloat16(torch.device("cpu"))
+    assert lm_training.training_precision("auto", torch.device("cpu")) == (
+        "bfloat16" if native else "float32"
+    )
+    monkeypatch.setattr(lm_training, "native_bfloat16", lambda device: True)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(Crash):
+        _tiny_training(tiny_tokenizer, "auto", ckpt, crash_after=3)
+    assert torch.load(ckpt, weights_only=False)["precision"] == "bfloat16"
+    monkeypatch.setattr(lm_training, "native_bfloat16", lambda device: False)
+    _, resumed = _tiny_training(tiny_tokenizer, "auto", ckpt)
+    assert resumed.precision == "bfloat16"
+    _, fresh = _tiny_training(tiny_tokenizer, "auto")
+    assert fresh.precision == "float32"
 
 
 def test_text_batches_state_restores_the_order(tiny_tokenizer):
@@ -123,3 +184,6 @@ def test_cosine_decay_warms_up_then_falls_to_its_floor():
     assert abs(cosine.lr_factor(99) - 0.1) < 1e-12
     # constant schedules keep the keys they had before the option existed; cosine changes them
     assert "decay" not in constant.key() and cosine.key()["decay"] == "cosine"
+    # likewise float32, the default precision
+    assert "precision" not in constant.key()
+    assert constant.model_copy(update={"precision": "auto"}).key()["precision"] == "auto"

@@ -43,8 +43,13 @@ def test_seeded_builds_skip_the_nan_fill_of_new_tensors_and_restore_it():
     assert torch.utils.deterministic.fill_uninitialized_memory
 
 
-def test_controls_trained_twice_are_bit_identical(small, tmp_path):
-    run = load_run_config("ioi-tiny", [*small, "controls.train.steps=20"])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_controls_trained_twice_are_bit_identical(small, tmp_path, precision):
+    """Under bfloat16 autocast too (native on AMX, emulated elsewhere: deterministic either
+    way); the manifest says which precision ran."""
+    run = load_run_config(
+        "ioi-tiny", [*small, "controls.train.steps=20", f"controls.train.precision={precision}"]
+    )
     keys = run_keys(run)
     states = []
     for wd in (tmp_path / "a", tmp_path / "b"):
@@ -52,6 +57,7 @@ def test_controls_trained_twice_are_bit_identical(small, tmp_path):
             run_stage(name, run, wd, keys)
         art = ArtifactStore(wd).require("controls", keys["controls"])
         assert art.manifest["metrics"]["nondeterministic_ops"] == []
+        assert art.manifest["metrics"]["precision"] == precision
         states.append(torch.load(art.path / "controls.pt", weights_only=True)["state"])
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
