@@ -115,8 +115,9 @@ class TrainResult:
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 matrices in hardware at a gain measured here: a
     CUDA device that supports it, a CPU with AMX tiles (the controls stage 1.2x faster on a
-    2-core AMX host, benchmarks/README.md). Elsewhere oneDNN emulates them (AVX2, plain
-    AVX-512: slower than float32), or, with AVX-512 BF16 alone, the gain is unmeasured."""
+    2-core AMX host, benchmarks/README.md). Elsewhere (AVX2, AVX-512, AVX-512 BF16 without
+    AMX) the gain is unmeasured, and oneDNN's emulated bfloat16 products can be slower than
+    float32 ones."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
