@@ -56,23 +56,32 @@ class CrashingBatches:
         self.inner.load_state_dict(state)
 
 
+def _tiny_texts_and_config(tokenizer):
+    """IOI prompts and a 2-layer GPT-2 config: what the training tests train on."""
+    from transformers import GPT2Config
+
+    from inversescope.tasks import ioi
+
+    texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
+    return texts, cfg
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog, precision):
     """Killed after step 7 with checkpoints every 3 steps, the rerun (a freshly initialised
     model, fresh batches) continues from step 6 and ends with the weights, optimiser state and
     losses of an uninterrupted run; dropout is on, so the random generators' state matters.
     Under bfloat16 autocast too."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     from inversescope.core.config import TrainConfig
     from inversescope.core.lm_training import TextBatches, train_causal_lm
-    from inversescope.tasks import ioi
 
-    texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
+    texts, cfg = _tiny_texts_and_config(tiny_tokenizer)
     schedule = TrainConfig(
         steps=10, batch_size=8, warmup=4, eval_every=5, checkpoint_every=3, precision=precision
     )
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tiny_tokenizer))
 
     def fresh(seed: int):
         torch.manual_seed(seed)
@@ -103,17 +112,15 @@ def test_resumed_training_equals_uninterrupted(tiny_tokenizer, tmp_path, caplog,
 
 
 def _tiny_training(tokenizer, precision, checkpoint=None, crash_after=None):
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     from inversescope.core.config import TrainConfig
     from inversescope.core.lm_training import TextBatches, train_causal_lm
-    from inversescope.tasks import ioi
 
-    texts = [r["text"] for r in ioi.generate_prior(64, 0, seed=3)[0]]
+    texts, cfg = _tiny_texts_and_config(tokenizer)
     schedule = TrainConfig(
         steps=6, batch_size=8, warmup=2, eval_every=100, checkpoint_every=2, precision=precision
     )
-    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=len(tokenizer))
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg)
     batches = TextBatches(texts, tokenizer, 8, seed=0)
