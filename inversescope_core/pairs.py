@@ -9,8 +9,8 @@ uninterrupted one would. Peak memory is one chunk of every site, whatever the nu
 A visit to a chunk yields each of its rows at every site (the default), or, with
 ``sites_per_row = m`` below the S sites, at m sites drawn for that row and visit: a chunk then
 lasts S / m times fewer steps, so a budget of steps meets S / m times more distinct prompts (at
-the 3000 steps of ``ioi-tiny``, 20 sites and 2048-row chunks: 9,600 prompts at all 20 sites
-each, or 48,000 at 4). With m at least S, every row meets every site, as without the option.
+the 192,000 pairs of ``ioi-tiny``, 1500 steps of 128, 20 sites and 2048-row chunks: 9,600
+prompts at all 20 sites each, or 48,000 at 4). With m at least S, every row meets every site, as without the option.
 
 With ``length_groups = g``, every run of g batches of the shuffled pairs is sorted by the
 length of its prompts, cut into g batches again, and those g batches are shuffled: each batch
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inversescope.core.lm_training import lm_batch, lm_lengths
+from inversescope.core.lm_training import lm_ids, padded_batch
 
 ReadRows = Callable[[str, int, int], np.ndarray]
 
@@ -61,7 +61,7 @@ class ActivationBatches:
         self.read, self.sites, self.texts = read, sites, texts
         self.tokenizer, self.batch_size, self.noise = tokenizer, batch_size, noise
         self.rng = random.Random(seed)
-        self._lengths: dict[int, list[int]] = {}  # chunk start -> its rows' lengths (derived)
+        self._ids: dict[int, list[np.ndarray]] = {}  # chunk start -> its rows' tokens (derived)
         self.step = chunk_rows
         self.starts = list(range(0, n_rows, chunk_rows))
         self.pos = len(self.starts)  # the first call starts an epoch
@@ -105,16 +105,22 @@ class ActivationBatches:
         z = torch.from_numpy(self.chunk[site_idx.numpy(), rows])  # (B, d)
         if self.noise is not None:
             z = z + self.noise(z)
-        batch = lm_batch(self.tokenizer, [self.texts[self.start + r] for r in rows])
+        ids = self._chunk_ids()
+        batch = padded_batch([ids[r] for r in rows], self.tokenizer.pad_token_id)
         return {**batch, "z": z, "site_idx": site_idx}
+
+    def _chunk_ids(self) -> list[np.ndarray]:
+        """The current chunk's prompts as ``lm_batch`` rows, encoded once per run: a visit
+        pairs each row with several sites, and the tokenizer's call cost a step 6 ms."""
+        if self.start not in self._ids:
+            texts = [self.texts[self.start + r] for r in range(self.chunk.shape[1])]
+            self._ids[self.start] = lm_ids(self.tokenizer, texts)
+        return self._ids[self.start]
 
     def _by_length(self, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """Each run of ``length_groups`` batches sorted by prompt length (ties keep the shuffled
         order), cut into batches, the batches of the run shuffled."""
-        if self.start not in self._lengths:  # a chunk's lengths, once per run
-            texts = [self.texts[self.start + r] for r in range(self.chunk.shape[1])]
-            self._lengths[self.start] = lm_lengths(self.tokenizer, texts)
-        lengths = self._lengths[self.start]
+        lengths = [len(ids) for ids in self._chunk_ids()]
         b, run = self.batch_size, self.batch_size * self.length_groups
         out: list[tuple[int, int]] = []
         for i in range(0, len(pairs), run):

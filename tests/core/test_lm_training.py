@@ -1,5 +1,8 @@
 """The target's accuracy check: whole answers compared by log-likelihood."""
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +179,43 @@ def test_text_batches_state_restores_the_order(tiny_tokenizer):
     b.load_state_dict(a.state_dict())
     for _ in range(6):
         assert torch.equal(next(a)["input_ids"], next(b)["input_ids"])
+
+
+def _tokenizer_padded(tokenizer, texts):
+    """What the tokenizer's own right padding builds of ``<eos> text <eos>`` rows."""
+    eos = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    enc = tokenizer([eos + t + eos for t in texts], return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_batches_of_encoded_rows_equal_the_tokenizers_own_padding(tiny_tokenizer):
+    from inversescope.core.lm_training import TextBatches, lm_batch
+
+    texts = [f"When Mary and John went to the store{', again' * (i % 4)}" for i in range(11)]
+    got = lm_batch(tiny_tokenizer, texts)
+    ids, mask = _tokenizer_padded(tiny_tokenizer, texts)
+    assert mask.min() == 0  # rows of several lengths: padding is there to compare
+    assert torch.equal(got["input_ids"], ids) and torch.equal(got["attention_mask"], mask)
+    assert torch.equal(got["labels"], ids.masked_fill(mask == 0, -100))
+    assert got["input_ids"].dtype == ids.dtype and got["attention_mask"].dtype == mask.dtype
+    batches = TextBatches(texts, tiny_tokenizer, 4, seed=1)
+    order = list(range(len(texts)))
+    random.Random(1).shuffle(order)  # TextBatches' first epoch
+    for b in range(2):
+        want_ids, want_mask = _tokenizer_padded(
+            tiny_tokenizer, [texts[i] for i in order[4 * b : 4 * b + 4]]
+        )
+        batch = next(batches)
+        assert torch.equal(batch["input_ids"], want_ids)
+        assert torch.equal(batch["attention_mask"], want_mask)
+
+
+def test_a_tokenizer_without_padding_is_refused_by_name():
+    from inversescope.core.lm_training import padded_batch
+
+    with pytest.raises(ValueError, match="no padding token"):
+        padded_batch([np.array([1, 2])], None)
 
 
 def test_cosine_decay_warms_up_then_falls_to_its_floor():
