@@ -23,19 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from _common import keys_with_upstream, write_result
 
 from inversescope.config import load_run_config
 from inversescope.flows import stage_controls
-from inversescope.flows.stage import StageContext, run_keys, seeded
+from inversescope.flows.stage import StageContext, seeded
 from inversescope.storage.artifacts import ArtifactStore
 
 
-def timed_build(run, store: ArtifactStore, keys: dict[str, str], steps: int, precision: str):
-    """Seconds of one controls build of ``steps`` steps at ``precision`` (no checkpoints)."""
-    train = run.controls.train.model_copy(
-        update={"steps": steps, "precision": precision, "checkpoint_every": 0}
-    )
+def timed_build(run, store: ArtifactStore, keys: dict[str, str], steps: int, **train):
+    """Seconds of one controls build of ``steps`` steps (no checkpoints), ``train`` replacing
+    fields of the preset's ``controls.train`` (``precision``, ``batch_size``)."""
+    train = run.controls.train.model_copy(update={**train, "steps": steps, "checkpoint_every": 0})
     r = run.model_copy(update={"controls": run.controls.model_copy(update={"train": train})})
     inputs = {name: store.require(name, keys[name]) for name in stage_controls.INPUTS}
     with tempfile.TemporaryDirectory() as out:
@@ -44,6 +43,22 @@ def timed_build(run, store: ArtifactStore, keys: dict[str, str], steps: int, pre
         with seeded(stage_controls, r.seed):
             metrics = stage_controls.build(ctx)
         return time.perf_counter() - t0, metrics
+
+
+def controls_inputs(workdir: str, preset: str, overrides: list[str]):
+    """``(run, store, keys)`` of the controls stage's inputs in ``workdir``: artifacts of the
+    same config built by another checkout count too (their code key differs). Exits naming
+    what is missing."""
+    run = load_run_config(preset, overrides)
+    keys = keys_with_upstream(run, stage_controls.INPUTS, workdir, workdir)
+    store = ArtifactStore(workdir)
+    missing = [n for n in stage_controls.INPUTS if store.lookup(n, keys[n]) is None]
+    if missing:
+        raise SystemExit(
+            f"{workdir}: no {', '.join(missing)} artifact of {preset} with these "
+            f"--set values; run `inversescope run {preset}` there first"
+        )
+    return run, store, keys
 
 
 def main() -> None:
@@ -57,20 +72,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch  # deferred: --help answers without it
 
-    run = load_run_config(args.preset, args.overrides)
-    keys = run_keys(run, stage_controls.INPUTS)
-    store = ArtifactStore(args.workdir)
-    missing = [n for n in stage_controls.INPUTS if store.lookup(n, keys[n]) is None]
-    if missing:
-        raise SystemExit(
-            f"{args.workdir}: no {', '.join(missing)} artifact of {args.preset} with these "
-            f"--set values; run `inversescope run {args.preset}` there first"
-        )
+    run, store, keys = controls_inputs(args.workdir, args.preset, args.overrides)
     rounds = []
     for i in range(args.rounds):
         row = {}
         for precision in ("float32", "bfloat16"):
-            seconds, metrics = timed_build(run, store, keys, args.steps, precision)
+            seconds, metrics = timed_build(run, store, keys, args.steps, precision=precision)
             row[precision] = {
                 "seconds": seconds,
                 "steps_per_s": args.steps / seconds,
