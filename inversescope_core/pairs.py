@@ -10,7 +10,8 @@ A visit to a chunk yields each of its rows at every site (the default), or, with
 ``sites_per_row = m`` below the S sites, at m sites drawn for that row and visit: a chunk then
 lasts S / m times fewer steps, so a budget of steps meets S / m times more distinct prompts (at
 the 192,000 pairs of ``ioi-tiny``, 1500 steps of 128, 20 sites and 2048-row chunks: 9,600
-prompts at all 20 sites each, or 48,000 at 4). With m at least S, every row meets every site, as without the option.
+prompts at all 20 sites each, or 48,000 at 4). With m at least S, every row meets every site,
+as without the option.
 
 With ``length_groups = g``, every run of g batches of the shuffled pairs is sorted by the
 length of its prompts, cut into g batches again, and those g batches are shuffled: each batch
