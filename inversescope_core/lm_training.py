@@ -36,7 +36,8 @@ def lm_lengths(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[int
 def lm_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[np.ndarray]:
     """Each text's ``<eos> text <eos>`` token ids (int64), the rows of ``lm_batch``. Trainers
     encode their texts once with it and batch the rows with ``padded_batch``: the tokenizer's
-    call took 6 ms a batch of 64 prompts, a third of it per call, on every step."""
+    padded call took 6 ms a batch of 64 IOI prompts, on every step, where encoding 2048 prompts
+    at once took 95 ms and padding encoded rows 0.3 ms a batch."""
     return [
         np.asarray(ids, dtype=np.int64) for ids in tokenizer(_framed(tokenizer, texts))["input_ids"]
     ]

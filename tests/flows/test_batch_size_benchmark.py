@@ -18,15 +18,14 @@ def _cmd(small, workdir, out, batches, pairs):
 
 def test_the_batch_size_benchmark_trains_the_same_pairs_at_each_batch(small, small_run, tmp_path):
     workdir, _, _ = small_run
-    sets = small
     out = tmp_path / "batch_size.json"
     bad = subprocess.run(
-        _cmd(sets, workdir, out, "8,16", 20), capture_output=True, text=True, timeout=300
+        _cmd(small, workdir, out, "8,16", 20), capture_output=True, text=True, timeout=300
     )
     assert bad.returncode != 0 and "--batches [8, 16]: each must divide --pairs 20" in bad.stderr
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
     done = subprocess.run(
-        _cmd(sets, workdir, out, "8,16", 48), capture_output=True, text=True, timeout=600
+        _cmd(small, workdir, out, "8,16", 48), capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
