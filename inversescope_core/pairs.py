@@ -4,7 +4,9 @@
 (rows, d) float32``, one row chunk of every site at a time, in shuffled chunk order, and mixes
 sites in every batch. Its position (the generators, the chunk order, the pairs left in the
 current chunk) is checkpointable, so a resumed training sees exactly the batches an
-uninterrupted one would. Peak memory is one chunk of every site, whatever the number of rows.
+uninterrupted one would. Peak memory is one chunk of every site, whatever the number of rows,
+plus the token ids of every prompt visited, encoded once (about 260 bytes an IOI prompt: 26 MB
+at 100,000).
 
 A visit to a chunk yields each of its rows at every site (the default), or, with
 ``sites_per_row = m`` below the S sites, at m sites drawn for that row and visit: a chunk then
